@@ -1,0 +1,196 @@
+"""timm Vision Transformers as tokenred backbones.
+
+Every block of a ``timm.models.vision_transformer.VisionTransformer`` is a ``sequence`` site. At a
+site the block runs attention, hands the tokens to the reducer, then runs the MLP on what is left
+(ToMe's placement: "merge between attention and MLP"). Blocks after the first reduction also add
+log(size) to the attention logits when the reducer asks for proportional attention; that bias goes
+through ``F.scaled_dot_product_attention`` as an additive float mask, so timm's fused attention is
+kept. Prefix tokens (class, distillation, registers) sit at the front and are never reduced.
+
+Blocks before the first selected site, and blocks that neither reduce nor need the bias, run timm's
+own forward unchanged; removing the installation restores each patched attribute exactly.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
+
+from tokenred.checkpoint import register_checkpoint_filter
+from tokenred.sites import (SequenceContext, SequenceTokens, Site, UnsupportedModelError,
+                            register_site_adapter)
+
+_BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
+_ATTN_PARTS = ("qkv", "num_heads", "head_dim", "q_norm", "k_norm", "attn_drop", "proj", "proj_drop")
+
+
+class SequenceState:
+    """Token bookkeeping for one forward: size/source of the current tokens and token counts."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.size: Optional[torch.Tensor] = None
+        self.source: Optional[torch.Tensor] = None
+        self.tokens: dict[str, int] = {}  # site name -> tokens leaving that site
+
+
+def attention_with_keys(attn: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor]):
+    """timm ``Attention.forward`` step for step (so outputs are bit-identical with bias=None),
+    also returning the keys ([B, H, T, head_dim]) from which the merge metric is taken."""
+    B, N, _ = x.shape
+    gate = getattr(attn, "gate", None)
+    gate = gate(x).sigmoid() if gate is not None else None
+    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    if bias is not None:
+        bias = bias.to(q.dtype)
+    if getattr(attn, "fused_attn", True):
+        x = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=bias, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    else:
+        q = q * attn.scale
+        a = q @ k.transpose(-2, -1)
+        if bias is not None:
+            a = a + bias
+        a = attn.attn_drop(a.softmax(dim=-1))
+        x = a @ v
+    x = x.transpose(1, 2).reshape(B, N, getattr(attn, "attn_dim", attn.num_heads * attn.head_dim))
+    x = getattr(attn, "norm", nn.Identity())(x)
+    if gate is not None:
+        x = x * gate
+    x = attn.proj_drop(attn.proj(x))
+    return x, k
+
+
+class ViTAdapter:
+    def __init__(self, model: VisionTransformer):
+        self.model = model
+        for i, blk in enumerate(model.blocks):
+            missing = [p for p in _BLOCK_PARTS if not hasattr(blk, p)]
+            missing += [f"attn.{p}" for p in _ATTN_PARTS if not hasattr(getattr(blk, "attn", None), p)]
+            if missing:
+                raise UnsupportedModelError(f"blocks.{i} is a {type(blk).__name__} with attention "
+                                f"{type(getattr(blk, 'attn', None)).__name__}; tokenred needs a timm "
+                                f"pre-norm Block with Attention (missing: {', '.join(missing)})")
+
+    def sites(self) -> list[Site]:
+        prefix = int(self.model.num_prefix_tokens)
+        return [Site(name=f"blocks.{i}", kind="sequence", stage=0, block=i, index_in_stage=i,
+                     num_prefix_tokens=prefix) for i in range(len(self.model.blocks))]
+
+    def install(self, reducer: Any, sites: Sequence[Site]) -> "ViTInstallation":
+        return ViTInstallation(self.model, reducer, list(sites))
+
+
+class ViTInstallation:
+    def __init__(self, model: VisionTransformer, reducer: Any, sites: list[Site]):
+        self.model = model
+        self.reducer = reducer
+        self.state = SequenceState()
+        self._restore: list[Callable[[], None]] = []
+        self._class_token = getattr(model, "cls_token", None) is not None
+        self._distill_token = getattr(model, "dist_token", None) is not None
+        try:
+            self._install(sites)
+        except Exception:
+            self.remove()
+            raise
+
+    # -- patching helpers: instance attributes shadow the class methods; undo puts back exactly
+    #    what was in the instance __dict__ before (usually nothing)
+    def _patch(self, obj: Any, attr: str, value: Any) -> None:
+        had, old = attr in obj.__dict__, obj.__dict__.get(attr)
+        obj.__dict__[attr] = value
+
+        def undo() -> None:
+            if had:
+                obj.__dict__[attr] = old
+            else:
+                obj.__dict__.pop(attr, None)
+
+        self._restore.append(undo)
+
+    def _install(self, sites: list[Site]) -> None:
+        model = self.model
+        at_block = {s.block: (i, s) for i, s in enumerate(sites)}
+        first = min(at_block)
+        for b in range(first, len(model.blocks)):
+            blk = model.blocks[b]
+            index, site = at_block.get(b, (None, None))
+            self._patch(blk, "forward", self._block_forward(blk, site, index, len(sites)))
+        hook = model.patch_embed.register_forward_pre_hook(self._begin_forward)
+        self._restore.append(hook.remove)
+        if hasattr(model, "pool"):
+            self._patch(model, "pool", self._weighted_pool(type(model).pool.__get__(model)))
+        elif getattr(model, "global_pool", "token") in ("avg", "avgmax"):
+            raise TypeError("this timm version's VisionTransformer has no pool(); size-weighted "
+                            "average pooling needs timm >= 1.0.10")
+
+    def _begin_forward(self, *_: Any) -> None:
+        self.state.reset()
+        self.reducer.begin_forward()
+
+    def _block_forward(self, blk: nn.Module, site: Optional[Site], index: Optional[int],
+                       num_sites: int) -> Callable:
+        original = type(blk).forward.__get__(blk)
+        state, reducer = self.state, self.reducer
+        prop_attn = bool(reducer.proportional_attention)
+
+        def forward(x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
+                    is_causal: bool = False) -> torch.Tensor:
+            bias_needed = prop_attn and state.size is not None
+            if site is None and not bias_needed:
+                return original(x, attn_mask=attn_mask, is_causal=is_causal)
+            if attn_mask is not None or is_causal:
+                raise NotImplementedError("tokenred: attention masks cannot be combined with token "
+                                          "reduction (the token count changes inside the network)")
+            bias = state.size.log()[:, None, None, :, 0] if bias_needed else None
+            y, k = attention_with_keys(blk.attn, blk.norm1(x), bias)
+            x = x + blk.drop_path1(blk.ls1(y))
+            if site is not None:
+                x = self._reduce(x, k, site, index, num_sites)
+            return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
+
+        return forward
+
+    def _reduce(self, x: torch.Tensor, k: torch.Tensor, site: Site, index: int,
+                num_sites: int) -> torch.Tensor:
+        state, reducer = self.state, self.reducer
+        if reducer.trace_source and state.source is None:
+            B, T, _ = x.shape
+            state.source = torch.eye(T, device=x.device, dtype=x.dtype)[None].expand(B, T, T)
+        ctx = SequenceContext(site, index, num_sites, class_token=self._class_token,
+                              distill_token=self._distill_token, metric_fn=lambda: k.mean(1),
+                              trace_source=reducer.trace_source)
+        out = reducer.reduce_sequence(SequenceTokens(x, state.size, state.source), ctx)
+        state.size, state.source = out.size, out.source
+        state.tokens[site.name] = out.x.shape[1]
+        return out.x
+
+    def _weighted_pool(self, original: Callable) -> Callable:
+        model, state = self.model, self.state
+
+        def pool(x: torch.Tensor, pool_type: Optional[str] = None) -> torch.Tensor:
+            kind = model.global_pool if pool_type is None else pool_type
+            if state.size is None or getattr(model, "attn_pool", None) is not None or kind not in ("avg", "avgmax"):
+                return original(x, pool_type)
+            start = 0 if getattr(model, "pool_include_prefix", False) else model.num_prefix_tokens
+            xs, w = x[:, start:], state.size[:, start:].to(x.dtype)
+            mean = (xs * w).sum(dim=1) / w.sum(dim=1)
+            return mean if kind == "avg" else 0.5 * (xs.amax(dim=1) + mean)
+
+        return pool
+
+    def remove(self) -> None:
+        while self._restore:
+            self._restore.pop()()
+
+
+register_site_adapter(VisionTransformer, ViTAdapter)
+register_checkpoint_filter(VisionTransformer, checkpoint_filter_fn)

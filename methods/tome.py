@@ -1,0 +1,180 @@
+"""``tome``: Token Merging (Bolya et al., ICLR 2023), reimplemented from the published algorithm.
+
+Bipartite soft matching on the attention keys averaged over heads: tokens are split alternately
+into sets A (even positions) and B (odd positions), each A token is linked to its most similar B
+token (cosine similarity), and the r most similar A tokens are merged into their B partners by a
+size-weighted average. Prefix tokens (class, distillation, registers) are never merged: an
+A-side prefix token never becomes a source and a B-side one never a destination. The output keeps
+the prefix tokens first in their original order, then the unmerged A tokens, then B — the order
+of the official implementation, which we reproduce exactly (source maps included).
+
+The matching functions below are pure functions on tensors, usable without any model.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from tokenred import Reducer, register_method
+from tokenred.params import Bool, Param, ParameterError
+from tokenred.sites import SequenceContext, SequenceTokens, Site
+
+MergeFn = Callable[..., torch.Tensor]
+
+
+def _identity(x: torch.Tensor, mode: str = "mean") -> torch.Tensor:
+    return x
+
+
+def bipartite_soft_matching(metric: torch.Tensor, r: int, num_protected: int = 0
+                            ) -> tuple[MergeFn, MergeFn]:
+    """Match ``r`` tokens of ``metric`` [B, T, c] and return ``(merge, unmerge)``.
+
+    ``num_protected`` leading tokens are never merged. ``r`` is capped at half of the unprotected
+    tokens. ``merge(x, mode)`` maps [B, T, C] to [B, T - r, C] (mode: "mean", "sum", "amax");
+    ``unmerge(y)`` maps back to [B, T, C], copying each destination's value to its sources.
+    """
+    T = metric.shape[1]
+    r = min(r, (T - num_protected) // 2)
+    if r <= 0:
+        return _identity, _identity
+    prot_a = (num_protected + 1) // 2  # protected tokens at even positions (set A)
+    prot_b = num_protected // 2        # protected tokens at odd positions (set B)
+
+    with torch.no_grad():
+        metric = metric / metric.norm(dim=-1, keepdim=True)
+        a, b = metric[..., ::2, :], metric[..., 1::2, :]
+        scores = a @ b.transpose(-1, -2)
+        if prot_a:
+            scores[..., :prot_a, :] = -math.inf
+        if prot_b:
+            scores[..., :, :prot_b] = -math.inf
+        node_max, node_idx = scores.max(dim=-1)
+        edge_idx = node_max.argsort(dim=-1, descending=True)[..., None]
+        unm_idx = edge_idx[..., r:, :]   # A tokens that stay
+        src_idx = edge_idx[..., :r, :]   # A tokens merged away
+        dst_idx = node_idx[..., None].gather(dim=-2, index=src_idx)
+        if num_protected:
+            # protected A tokens have -inf rows, so they are always among the kept ones; sorting
+            # puts them back in front in their original order
+            unm_idx = unm_idx.sort(dim=1)[0]
+
+    def merge(x: torch.Tensor, mode: str = "mean") -> torch.Tensor:
+        src, dst = x[..., ::2, :], x[..., 1::2, :]
+        n, t1, c = src.shape
+        unm = src.gather(dim=-2, index=unm_idx.expand(n, t1 - r, c))
+        src = src.gather(dim=-2, index=src_idx.expand(n, r, c))
+        dst = dst.scatter_reduce(-2, dst_idx.expand(n, r, c), src, reduce=mode)
+        if not num_protected:
+            return torch.cat([unm, dst], dim=1)
+        # prefix tokens alternate between A and B in the original sequence
+        prefix = [unm[:, i // 2, None] if i % 2 == 0 else dst[:, i // 2, None]
+                  for i in range(num_protected)]
+        return torch.cat(prefix + [unm[:, prot_a:], dst[:, prot_b:]], dim=1)
+
+    def unmerge(y: torch.Tensor) -> torch.Tensor:
+        n, _, c = y.shape
+        t1 = unm_idx.shape[1] + r
+        if num_protected:
+            pre = y[:, :num_protected]
+            rest = y[:, num_protected:]
+            n_unm_rest = t1 - r - prot_a
+            unm = torch.cat([pre[:, 0::2], rest[:, :n_unm_rest]], dim=1)
+            dst = torch.cat([pre[:, 1::2], rest[:, n_unm_rest:]], dim=1)
+        else:
+            unm, dst = y[:, :t1 - r], y[:, t1 - r:]
+        src = dst.gather(dim=-2, index=dst_idx.expand(n, r, c))
+        out = torch.zeros(n, T, c, device=y.device, dtype=y.dtype)
+        out[..., 1::2, :] = dst
+        out.scatter_(dim=-2, index=(2 * unm_idx).expand(n, t1 - r, c), src=unm)
+        out.scatter_(dim=-2, index=(2 * src_idx).expand(n, r, c), src=src)
+        return out
+
+    return merge, unmerge
+
+
+def merge_wavg(merge: MergeFn, x: torch.Tensor, size: Optional[torch.Tensor]
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Size-weighted average: each merged token is Σ sᵢxᵢ / Σ sᵢ; sizes add up."""
+    if size is None:
+        size = torch.ones_like(x[..., 0, None])
+    x = merge(x * size, mode="sum")
+    size = merge(size, mode="sum")
+    return x / size, size
+
+
+def merge_source(merge: MergeFn, source: torch.Tensor) -> torch.Tensor:
+    """Update the [B, T, T0] 0/1 membership of original tokens."""
+    return merge(source, mode="amax")
+
+
+def parse_r(num_layers: int, r: Any) -> list[int]:
+    """ToMe's schedule: an int (constant), ``(r, inflection)`` with inflection in [-1, 1]
+    (linear from r·(1-inflection) to r·(1+inflection); (r, -1) is the paper's decreasing
+    schedule), or an explicit list (padded with zeros when shorter than the number of layers)."""
+    if isinstance(r, list):
+        if len(r) > num_layers:
+            raise ParameterError(f"tome: r has {len(r)} entries but only {num_layers} site(s) are "
+                                 f"selected")
+        return list(r) + [0] * (num_layers - len(r))
+    inflection = 0.0
+    if isinstance(r, tuple):
+        r, inflection = r
+    low = int(r * (1.0 - inflection))
+    high = 2 * r - low
+    step = (high - low) / (num_layers - 1) if num_layers > 1 else 0.0
+    return [int(low + step * i) for i in range(num_layers)]
+
+
+def _parse_r_param(v: Any) -> Any:
+    def nonneg_int(x: Any) -> int:
+        if isinstance(x, bool) or not isinstance(x, int) or x < 0:
+            raise ValueError("r values must be integers >= 0")
+        return x
+
+    if isinstance(v, list):
+        return [nonneg_int(x) for x in v]
+    if isinstance(v, tuple):
+        if len(v) != 2:
+            raise ValueError("a tuple is (r, inflection)")
+        inflection = v[1]
+        if isinstance(inflection, bool) or not isinstance(inflection, (int, float)) \
+                or not -1.0 <= inflection <= 1.0:
+            raise ValueError("inflection must be a number in [-1, 1]")
+        return (nonneg_int(v[0]), float(inflection))
+    return nonneg_int(v)
+
+
+@register_method("tome")
+class ToMe(Reducer):
+    """Token Merging: bipartite soft matching between attention and MLP, size-weighted."""
+
+    kinds = frozenset({"sequence"})
+    params = {
+        "r": Param(13, "tokens merged per selected block (DeiT-S/ViT-S paper setting: 13)",
+                   "an int >= 0, an (r, inflection) tuple with inflection in [-1, 1], or a list of "
+                   "ints >= 0 (one per selected block)", _parse_r_param),
+        "prop_attn": Bool(True, "add log(size) to the attention logits (proportional attention)"),
+        "trace_source": Bool(False, "track which original tokens each token holds "
+                                    "(handle.state.source; for visualisation)"),
+    }
+    default_where_doc = "every block (as in the official ToMe)"
+
+    def check_params(self) -> None:
+        self.proportional_attention = self.params["prop_attn"]
+        self.trace_source = self.params["trace_source"]
+        self.schedule: list[int] = []
+
+    def prepare(self, sites: Sequence[Site]) -> None:
+        self.schedule = parse_r(len(sites), self.params["r"])
+
+    def reduce_sequence(self, tokens: SequenceTokens, ctx: SequenceContext) -> SequenceTokens:
+        r = self.schedule[ctx.index]
+        if r <= 0:
+            return tokens
+        merge, _ = bipartite_soft_matching(ctx.metric, r, ctx.num_prefix_tokens)
+        source = merge_source(merge, tokens.source) if tokens.source is not None else None
+        x, size = merge_wavg(merge, tokens.x, tokens.size)
+        return SequenceTokens(x, size, source)

@@ -1,0 +1,39 @@
+"""``create_backbone``: the one front door for building a backbone by name."""
+from __future__ import annotations
+
+import difflib
+import os
+from typing import Any, Optional
+
+from torch import nn
+
+from .checkpoint import load_checkpoint
+from .registry import RegistryError, get_backbone, list_backbones
+from .sites import adapter_for
+
+
+def create_backbone(name: str, pretrained: bool = False, checkpoint: Optional[str | os.PathLike] = None,
+                    strict: bool = True, **kwargs: Any) -> nn.Module:
+    """Build a registered backbone, or any timm model whose class tokenred has sites for (every
+    ``VisionTransformer``: DeiT, ViT, distilled DeiT, register-token ViTs, ...).
+
+    ``checkpoint`` loads a local file safely (weights_only / safetensors, the family's key filter)
+    and raises with the exact missing/unexpected keys unless ``strict=False``. The model is
+    returned in eval mode.
+    """
+    entry = get_backbone(name)
+    if entry is not None:
+        model = entry.factory(pretrained=pretrained, **kwargs)
+    else:
+        import timm
+
+        if not timm.is_model(name):
+            known = list_backbones() + timm.list_models()
+            close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise RegistryError(f"unknown backbone {name!r}{hint}")
+        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        adapter_for(model)  # refuse models tokenred cannot reduce, before anyone times them
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint, strict=strict)
+    return model.eval()

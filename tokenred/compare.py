@@ -1,0 +1,126 @@
+"""``tokenred.compare``: every method on every backbone, measured the same way, as one table."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence, Union
+
+import pandas as pd
+import torch
+
+from .apply import apply
+from .backbone import create_backbone
+from .flops import count_flops, count_params
+from .params import ParameterError, parse_method_spec
+from .registry import get_method
+from .timing import benchmark_interleaved, resolve_device
+
+DEFAULT_BACKBONES = ("deit_small_patch16_224",)
+DEFAULT_METHODS = ("none", "tome:r=13", "random_drop")
+
+COLUMNS = ["backbone", "method", "params", "n_params", "gflops", "flop_reduction_pct",
+           "images_per_s", "speedup", "latency_median_ms", "latency_iqr_ms", "tokens_out",
+           "batch_size", "input_size", "dtype", "device", "device_name", "threads", "torch",
+           "timm", "tokenred"]
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    text: str            # as the user wrote it
+    name: str
+    params: dict
+
+    @classmethod
+    def parse(cls, spec: Union[str, "MethodSpec"]) -> "MethodSpec":
+        if isinstance(spec, MethodSpec):
+            return spec
+        name, params = parse_method_spec(spec)
+        method = get_method(name)          # unknown names fail here, with close matches
+        probe = dict(params)
+        probe.pop("where", None)
+        method(**probe)                    # bad parameters fail before anything is measured
+        return cls(spec.strip(), name, params)
+
+    @property
+    def params_text(self) -> str:
+        return self.text.partition(":")[2]
+
+
+def _as_list(value: Union[str, Sequence[Any]]) -> list:
+    if isinstance(value, str):
+        from .params import split_top_level
+        # methods may carry bracketed params: "tome:r=[1,2],random_drop" splits correctly
+        return split_top_level(value)
+    return list(value)
+
+
+def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
+            methods: Union[str, Sequence[str]] = DEFAULT_METHODS, *,
+            device: str = "cpu", batch_size: Optional[int] = None,
+            input_size: int = 224, dtype: str = "float32", amp: bool = False,
+            warmup: Optional[int] = None, iters: Optional[int] = None, rounds: int = 5,
+            threads: Optional[int] = None, pretrained: bool = False, seed: int = 0,
+            backbone_kwargs: Optional[dict] = None,
+            progress: Union[bool, Callable[[str], None]] = False) -> pd.DataFrame:
+    """Measure ``methods`` (``"name"`` or ``"name:key=value,..."``) on ``backbones``.
+
+    Each method runs on its own copy of the same backbone weights; ``none`` (added first when
+    missing) is the baseline for FLOP reduction and speedup. Timing is interleaved round-robin
+    across the methods of one backbone. Defaults: on CPU batch 8, 3 warm-up + 10 timed forwards;
+    on CUDA batch 128, 50 warm-up + 30 timed (VMamba's protocol).
+    """
+    dev = resolve_device(device)
+    on_gpu = dev.type == "cuda"
+    batch_size = batch_size or (128 if on_gpu else 8)
+    warmup = (50 if on_gpu else 3) if warmup is None else warmup
+    iters = (30 if on_gpu else 10) if iters is None else iters
+    backbone_names = _as_list(backbones)
+    specs = [MethodSpec.parse(m) for m in _as_list(methods)]
+    if not backbone_names or not specs:
+        raise ParameterError("compare needs at least one backbone and one method")
+    if not any(s.name == "none" and not s.params for s in specs):
+        specs.insert(0, MethodSpec("none", "none", {}))
+    if len({s.text for s in specs}) != len(specs):
+        raise ParameterError(f"a method is listed twice: {[s.text for s in specs]}")
+
+    report = progress if callable(progress) else (lambda msg: None)
+    rows = []
+    for bname in backbone_names:
+        report(f"{bname}: build")
+        torch.manual_seed(seed)
+        base = create_backbone(bname, pretrained=pretrained, **(backbone_kwargs or {}))
+        n_params = count_params(base)
+        models, handles, flops = {}, {}, {}
+        for spec in specs:
+            model = copy.deepcopy(base)
+            params = dict(spec.params)
+            where = params.pop("where", None)
+            handles[spec.text] = apply(model, spec.name, where=where, **params)
+            report(f"{bname} {spec.text}: count FLOPs")
+            flops[spec.text] = count_flops(model, input_size)
+            models[spec.text] = model
+        del base
+        results = benchmark_interleaved(models, input_size, batch_size, dev, dtype, amp, warmup,
+                                        iters, rounds, threads,
+                                        progress=lambda m, b=bname: report(f"{b} {m}"))
+        base_text = next(s.text for s in specs if s.name == "none" and not s.params)
+        g0, ips0 = flops[base_text].gflops, results[base_text].images_per_s
+        for spec in specs:
+            res, g = results[spec.text], flops[spec.text].gflops
+            tokens = handles[spec.text].state.tokens
+            env = res.env
+            rows.append({
+                "backbone": bname, "method": spec.name, "params": spec.params_text,
+                "n_params": n_params, "gflops": g, "flop_reduction_pct": 100.0 * (1 - g / g0),
+                "images_per_s": res.images_per_s, "speedup": res.images_per_s / ips0,
+                "latency_median_ms": res.median_ms, "latency_iqr_ms": res.iqr_ms,
+                "tokens_out": list(tokens.values())[-1] if tokens else None,
+                "batch_size": batch_size, "input_size": input_size, "dtype": env["dtype"]
+                + ("+amp" if amp else ""), "device": env["device"],
+                "device_name": env["device_name"], "threads": env["threads"],
+                "torch": env["torch"], "timm": env["timm"], "tokenred": env["tokenred"],
+            })
+        for h in handles.values():
+            h.remove()
+        del models
+    return pd.DataFrame(rows, columns=COLUMNS)

@@ -1,0 +1,51 @@
+"""Base class of every token-reduction method."""
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping, Sequence
+
+from .params import Param, validate
+from .sites import SequenceContext, SequenceTokens, Site
+
+
+class Reducer:
+    """A token-reduction method.
+
+    Subclasses set ``kinds`` (the site kinds they serve), ``params`` (a ``{name: Param}`` table)
+    and implement ``reduce_<kind>`` for each kind. ``tokenred.register_method(name)`` registers
+    them. Parameters are validated on construction and available as ``self.params``.
+    """
+
+    name: ClassVar[str] = ""
+    kinds: ClassVar[frozenset] = frozenset()
+    params: ClassVar[Mapping[str, Param]] = {}
+    #: sequence backbones add log(size) to the attention logits after this reducer has merged
+    proportional_attention: bool = False
+    #: keep [B, T, T0] source membership (for visualisation; costs memory)
+    trace_source: bool = False
+    #: a sentence on the default ``where`` for ``tokenred list`` and the README
+    default_where_doc: ClassVar[str] = "every site of a supported kind"
+
+    def __init__(self, **params: Any):
+        self.params = validate(self.name or type(self).__name__, self.params, params)
+        self.check_params()
+
+    def check_params(self) -> None:
+        """Cross-parameter checks; raise ``ParameterError``."""
+
+    # -- site selection ---------------------------------------------------------------------
+    def default_sites(self, sites: Sequence[Site]) -> list[Site]:
+        return [s for s in sites if s.kind in self.kinds]
+
+    def prepare(self, sites: Sequence[Site]) -> None:
+        """Called once with the selected sites before installation (e.g. to lay out a schedule)."""
+
+    def begin_forward(self) -> None:
+        """Called at the start of every forward of the model it is installed on."""
+
+    # -- the work ------------------------------------------------------------------------------
+    def reduce_sequence(self, tokens: SequenceTokens, ctx: SequenceContext) -> SequenceTokens:
+        raise NotImplementedError(f"{self.name} does not reduce sequences")
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"

@@ -1,0 +1,192 @@
+"""The meeting point of backbones and methods: sites, the tokens a site hands over, and the
+adapters through which a backbone family exposes its sites.
+
+A backbone family (``backbones/*.py``) registers a *site adapter* for its model class. A method
+(``methods/*.py``) is a ``Reducer``. Neither imports the other; ``tokenred.apply`` looks up the
+adapter for a model, asks it for its sites, lets the reducer choose among them and asks the adapter
+to install the reducer there.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
+
+import torch
+from torch import nn
+
+SITE_KINDS = ("sequence", "grid")
+
+
+@dataclass(frozen=True)
+class Site:
+    """A place in a backbone's forward where tokens may be reduced.
+
+    ``block`` is the global block index (depth) over the whole network; ``stage`` the stage it
+    belongs to (a plain ViT has one stage, 0); ``index_in_stage`` its position inside the stage.
+    """
+
+    name: str
+    kind: str
+    stage: int
+    block: int
+    index_in_stage: int
+    num_prefix_tokens: int = 0
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __repr__(self) -> str:  # short, readable in error messages
+        return f"Site({self.name!r}, kind={self.kind}, stage={self.stage}, block={self.block})"
+
+
+@dataclass
+class SequenceTokens:
+    """Tokens at a ``sequence`` site.
+
+    x: [B, T, C]. size: [B, T, 1] number of original tokens each token stands for (None = all 1).
+    source: [B, T, T0] 0/1 membership of original tokens (None unless source tracking is on).
+    """
+
+    x: torch.Tensor
+    size: Optional[torch.Tensor] = None
+    source: Optional[torch.Tensor] = None
+
+
+class SequenceContext:
+    """What a sequence site tells the reducer besides the tokens themselves.
+
+    ``metric`` (attention keys averaged over heads, [B, T, head_dim]) is computed on first access
+    only, so reducers that do not use it do not pay for it.
+    """
+
+    def __init__(self, site: Site, index: int, num_selected: int, *, class_token: bool,
+                 distill_token: bool, metric_fn: Callable[[], torch.Tensor],
+                 trace_source: bool):
+        self.site = site
+        self.index = index                  # position of this site among the selected ones
+        self.num_selected = num_selected
+        self.num_prefix_tokens = site.num_prefix_tokens
+        self.class_token = class_token
+        self.distill_token = distill_token
+        self.trace_source = trace_source
+        self._metric_fn = metric_fn
+        self._metric: Optional[torch.Tensor] = None
+
+    @property
+    def metric(self) -> torch.Tensor:
+        if self._metric is None:
+            self._metric = self._metric_fn()
+        return self._metric
+
+
+class Installation(Protocol):
+    """What an adapter returns from ``install``: something that undoes it and exposes the token
+    state of the last forward (for sequence backbones: final ``size`` and ``source``)."""
+
+    def remove(self) -> None: ...
+
+    @property
+    def state(self) -> Any: ...
+
+
+class SiteAdapter(Protocol):
+    def sites(self) -> list[Site]: ...
+
+    def install(self, reducer: Any, sites: Sequence[Site]) -> Installation: ...
+
+
+class UnsupportedModelError(TypeError):
+    """The model has no site adapter, or its modules are not the shape the adapter expects."""
+
+
+_ADAPTERS: list[tuple[type, Callable[[nn.Module], SiteAdapter]]] = []
+
+
+def register_site_adapter(model_class: type, factory: Callable[[nn.Module], SiteAdapter]) -> None:
+    """Declare that models that are instances of ``model_class`` expose sites via ``factory``."""
+    _ADAPTERS.append((model_class, factory))
+
+
+def adapter_for(model: nn.Module) -> SiteAdapter:
+    for cls, factory in reversed(_ADAPTERS):  # later (more specific) registrations win
+        if isinstance(model, cls):
+            return factory(model)
+    known = ", ".join(sorted({c.__module__ + "." + c.__qualname__ for c, _ in _ADAPTERS}))
+    raise UnsupportedModelError(f"tokenred has no site adapter for {type(model).__module__}."
+                    f"{type(model).__qualname__}; supported model classes: {known}")
+
+
+class SiteSelectionError(ValueError):
+    pass
+
+
+def _parse_int_list(text: str) -> list[int]:
+    out: list[int] = []
+    for part in text.replace("/", ",").split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "-" in part:  # an inclusive range "a-b"; indices are never negative
+            a, b = part.split("-", 1)
+            out.extend(range(int(a), int(b) + 1))
+        else:
+            out.append(int(part))
+    return out
+
+
+def select_sites(sites: Sequence[Site], where: Any) -> list[Site]:
+    """Resolve a ``where`` selector against a backbone's sites.
+
+    Accepted forms (``None`` is resolved by the reducer's default before this is called):
+      - ``int``: one stage index; ``range``: several stages;
+      - ``list``/``tuple`` of ints: global block indices;
+      - ``"stage:1"``, ``"stages:0-2"``, ``"blocks:3,6,9"`` / ``"blocks:0-5"``: the same as strings;
+      - any other string: an fnmatch pattern on site names (``"layers.2.*"``);
+      - a callable ``site -> bool``.
+    """
+    sites = list(sites)
+    if callable(where) and not isinstance(where, (str, range)):
+        chosen = [s for s in sites if where(s)]
+    elif isinstance(where, bool):
+        raise SiteSelectionError(f"where={where!r} is not a valid selector")
+    elif isinstance(where, int):
+        chosen = [s for s in sites if s.stage == where]
+        _check_exists("stage", [where], {s.stage for s in sites})
+    elif isinstance(where, range):
+        _check_exists("stage", list(where), {s.stage for s in sites})
+        chosen = [s for s in sites if s.stage in where]
+    elif isinstance(where, (list, tuple)):
+        if not all(isinstance(b, int) and not isinstance(b, bool) for b in where):
+            raise SiteSelectionError(f"where={where!r}: a list selects blocks and must hold ints")
+        _check_exists("block", list(where), {s.block for s in sites})
+        chosen = [s for s in sites if s.block in set(where)]
+    elif isinstance(where, str):
+        head, colon, tail = where.partition(":")
+        if colon and head in ("stage", "stages", "block", "blocks"):
+            try:
+                indices = _parse_int_list(tail)
+            except ValueError as exc:
+                raise SiteSelectionError(f"where={where!r}: could not read the indices ({exc})") from None
+            if not indices:
+                raise SiteSelectionError(f"where={where!r}: no index given")
+            if head.startswith("stage"):
+                _check_exists("stage", indices, {s.stage for s in sites})
+                chosen = [s for s in sites if s.stage in set(indices)]
+            else:
+                return select_sites(sites, indices)
+        else:
+            chosen = [s for s in sites if fnmatch.fnmatchcase(s.name, where)]
+    else:
+        raise SiteSelectionError(
+            f"where={where!r} is not a selector; use an int (stage), range (stages), list of ints "
+            f"(blocks), 'stage:N', 'blocks:a,b', a site-name pattern or a callable")
+    if not chosen:
+        names = ", ".join(s.name for s in sites[:8]) + (" ..." if len(sites) > 8 else "")
+        raise SiteSelectionError(f"where={where!r} selects no site; sites are: {names}")
+    return chosen
+
+
+def _check_exists(what: str, wanted: Iterable[int], available: set) -> None:
+    missing = sorted(set(wanted) - available)
+    if missing:
+        raise SiteSelectionError(f"{what} index {missing} does not exist; "
+                                 f"available {what}s: {sorted(available)}")

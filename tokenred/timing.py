@@ -1,0 +1,186 @@
+"""Throughput and latency, measured the same way for every method.
+
+CPU: ``time.perf_counter`` around each forward, thread count recorded. CUDA: a pair of CUDA events
+around each forward and an event synchronize, so the GPU's own time is measured. Warm-up
+iterations are run first and excluded. Every result carries median, IQR and min latency per batch,
+images/s from the median, and the environment it was measured in.
+
+``benchmark_interleaved`` times several models round-robin (A B C A B C ...) so that slow drift of
+a noisy machine hits every model alike; ``compare`` uses it, and ratios between its results are
+what tables report.
+"""
+from __future__ import annotations
+
+import contextlib
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from .flops import resolve_input_shape
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+           "fp16": torch.float16, "half": torch.float16, "bfloat16": torch.bfloat16,
+           "bf16": torch.bfloat16}
+
+
+@dataclass
+class BenchmarkResult:
+    batch_size: int
+    median_ms: float
+    iqr_ms: float
+    min_ms: float
+    images_per_s: float
+    iters: int
+    warmup: int
+    times_ms: list[float] = field(repr=False, default_factory=list)
+    env: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
+    if device is None:
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r}: allowed are cpu, cuda, cuda:N")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) present")
+    return dev
+
+
+def resolve_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r}: allowed are {', '.join(sorted(_DTYPES))}")
+    return _DTYPES[dtype]
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return name or platform.processor() or platform.machine()
+
+
+def environment(device: torch.device, dtype: torch.dtype, amp: bool) -> dict[str, Any]:
+    import timm
+
+    from . import __version__
+
+    env = {
+        "device": str(device),
+        "device_name": device_name(device),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "tokenred": __version__,
+        "python": platform.python_version(),
+        "threads": torch.get_num_threads(),
+        "dtype": str(dtype).replace("torch.", ""),
+        "amp": amp,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "cudnn_deterministic": torch.backends.cudnn.deterministic,
+    }
+    if device.type == "cuda":
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def _time_calls(fn: Callable[[], Any], n: int, device: torch.device) -> list[float]:
+    """Seconds of each of ``n`` calls of ``fn``."""
+    out = []
+    if device.type == "cuda":
+        for _ in range(n):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            out.append(start.elapsed_time(end) / 1e3)
+    else:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+    return out
+
+
+def _summarise(times: Sequence[float], batch: int, warmup: int, env: dict) -> BenchmarkResult:
+    ms = [t * 1e3 for t in times]
+    if len(ms) >= 2:
+        q = statistics.quantiles(ms, n=4, method="inclusive")
+        iqr = q[2] - q[0]
+    else:
+        iqr = 0.0
+    med = statistics.median(ms)
+    return BenchmarkResult(batch, med, iqr, min(ms), batch / (med / 1e3), len(ms), warmup, ms, env)
+
+
+def benchmark_interleaved(models: Mapping[str, nn.Module], input_size: Union[int, Sequence[int]] = 224,
+                          batch_size: int = 1, device: Union[str, torch.device, None] = "cpu",
+                          dtype: Union[str, torch.dtype] = "float32", amp: bool = False,
+                          warmup: int = 10, iters: int = 30, rounds: int = 5,
+                          threads: Optional[int] = None,
+                          progress: Optional[Callable[[str], None]] = None) -> dict[str, BenchmarkResult]:
+    """Time each model on the same input, ``iters`` timed forwards in total spread over
+    ``rounds`` round-robin passes, after ``warmup`` untimed forwards each."""
+    if batch_size < 1 or iters < 1 or warmup < 0 or rounds < 1:
+        raise ValueError(f"batch_size={batch_size}, iters={iters}, warmup={warmup}, rounds={rounds}: "
+                         f"need batch_size >= 1, iters >= 1, warmup >= 0, rounds >= 1")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype)
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    shape = resolve_input_shape(input_size, batch_size)
+    model_dtype = torch.float32 if amp else dt
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dev, model_dtype)
+    autocast = (torch.autocast(dev.type, dtype=dt) if amp else contextlib.nullcontext())
+    env = environment(dev, dt, amp)
+    calls = {}
+    for name, model in models.items():
+        model.eval().to(dev, model_dtype)
+        calls[name] = (lambda m=model: m(x))
+    rounds = min(rounds, iters)
+    per_round = [iters // rounds + (1 if r < iters % rounds else 0) for r in range(rounds)]
+    times: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode(), autocast:
+        for name, call in calls.items():
+            if progress:
+                progress(f"warm-up {name}")
+            _time_calls(call, warmup, dev)
+        for n in per_round:
+            for name, call in calls.items():
+                if progress:
+                    progress(f"timing {name}")
+                times[name].extend(_time_calls(call, n, dev))
+    return {name: _summarise(t, batch_size, warmup, env) for name, t in times.items()}
+
+
+def benchmark(model: nn.Module, input_size: Union[int, Sequence[int]] = 224, batch_size: int = 1,
+              device: Union[str, torch.device, None] = "cpu", dtype: Union[str, torch.dtype] = "float32",
+              amp: bool = False, warmup: int = 10, iters: int = 30,
+              threads: Optional[int] = None) -> BenchmarkResult:
+    """Latency/throughput of ``model`` on a fixed random batch. ``amp=True`` keeps fp32 weights
+    and runs under autocast to ``dtype``; otherwise model and input are cast to ``dtype``."""
+    return benchmark_interleaved({"model": model}, input_size, batch_size, device, dtype, amp,
+                                 warmup, iters, rounds=1, threads=threads)["model"]
