@@ -73,7 +73,7 @@ class RandomDrop(Reducer):
         return max(1, min(n, kept))
 
     def reduce_sequence(self, tokens: SequenceTokens, ctx: SequenceContext) -> SequenceTokens:
-        B, T, _ = tokens.x.shape
+        B, T = int(tokens.x.shape[0]), int(tokens.x.shape[1])  # plain ints also under jit tracing
         P = ctx.num_prefix_tokens
         n = T - P
         keep = self.kept_count(n)

@@ -43,7 +43,7 @@ ones_like zeros_like full_like empty_like rand rand_like randn randn_like randin
 uniform_ normal_ bernoulli_ eye linspace arange new_zeros new_ones new_full new_empty
 unflatten movedim contiguous clone detach alias expand view reshape permute transpose
 split split_with_sizes unbind slice select narrow cat stack squeeze unsqueeze flatten t
-to type_as copy_ float int long bool ScalarImplicit Int Float item numel size sym_size
+to type_as copy_ float int long bool ScalarImplicit Int Float item numel size sym_size real imag
 """.split()
 
 
