@@ -33,11 +33,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     import tokenred
-    from tokenred.compare import DEFAULT_BACKBONES, DEFAULT_METHODS, MethodSpec, _as_list
+    from tokenred.compare import (DEFAULT_BACKBONES, DEFAULT_METHODS, MethodSpec, _as_list,
+                                  _as_method_list)
     from tokenred.report import markdown_table, write_run
 
     backbones = _as_list(args.backbones) if args.backbones else list(DEFAULT_BACKBONES)
-    methods = _as_list(args.methods) if args.methods else list(DEFAULT_METHODS)
+    methods = _as_method_list(args.methods) if args.methods else list(DEFAULT_METHODS)
     specs = [MethodSpec.parse(m) for m in methods]  # fail on a bad spec before any work
     n_methods = len(specs) + (0 if any(s.text == "none" for s in specs) else 1)
     rounds = min(args.rounds, args.iters) if args.iters else args.rounds
@@ -76,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="With no arguments: random-init DeiT-S, synthetic images, CPU, "
                                    "methods none / tome:r=13 / random_drop.")
     p.add_argument("--backbones", help="comma-separated backbone names")
-    p.add_argument("--methods", help="comma-separated specs: name or name:key=value,key=value "
+    p.add_argument("--methods", help="comma-separated specs: name or name:key=value,key=value, "
+                                     "e.g. none,tome:r=13,prop_attn=false,random_drop:keep=0.5 "
                                      "(brackets keep commas inside values: tome:r=[8,8,4])")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--batch-size", type=int, default=None, help="default 8 on CPU, 128 on CUDA")

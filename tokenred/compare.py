@@ -11,7 +11,7 @@ import torch
 from .apply import apply
 from .backbone import create_backbone
 from .flops import count_flops, count_params
-from .params import ParameterError, parse_method_spec
+from .params import ParameterError, parse_method_spec, split_method_list, split_top_level
 from .registry import get_method
 from .timing import benchmark_interleaved, resolve_device
 
@@ -48,10 +48,12 @@ class MethodSpec:
 
 def _as_list(value: Union[str, Sequence[Any]]) -> list:
     if isinstance(value, str):
-        from .params import split_top_level
-        # methods may carry bracketed params: "tome:r=[1,2],random_drop" splits correctly
         return split_top_level(value)
     return list(value)
+
+
+def _as_method_list(value: Union[str, Sequence[Any]]) -> list:
+    return split_method_list(value) if isinstance(value, str) else list(value)
 
 
 def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
@@ -75,7 +77,7 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
     warmup = (50 if on_gpu else 3) if warmup is None else warmup
     iters = (30 if on_gpu else 10) if iters is None else iters
     backbone_names = _as_list(backbones)
-    specs = [MethodSpec.parse(m) for m in _as_list(methods)]
+    specs = [MethodSpec.parse(m) for m in _as_method_list(methods)]
     if not backbone_names or not specs:
         raise ParameterError("compare needs at least one backbone and one method")
     if not any(s.name == "none" and not s.params for s in specs):

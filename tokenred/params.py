@@ -155,6 +155,23 @@ def split_top_level(text: str, sep: str = ",") -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
+def split_method_list(text: str) -> list[str]:
+    """Split a comma-separated list of method specs whose parameters are comma-separated too:
+    ``"none,tome:r=13,prop_attn=false,random_drop"`` -> 3 specs. A piece that is ``key=value``
+    (an ``=`` before any ``:``) continues the previous spec."""
+    specs: list[str] = []
+    for piece in split_top_level(text):
+        eq, colon = piece.find("="), piece.find(":")
+        continues = eq != -1 and (colon == -1 or eq < colon)
+        if continues:
+            if not specs:
+                raise ParameterError(f"method list {text!r} starts with a parameter {piece!r}")
+            specs[-1] += ("," if ":" in specs[-1] else ":") + piece
+        else:
+            specs.append(piece)
+    return specs
+
+
 def parse_method_spec(spec: str) -> tuple[str, dict[str, Any]]:
     """``"tome:r=13,prop_attn=false"`` -> ``("tome", {"r": 13, "prop_attn": False})``.
 

@@ -47,7 +47,10 @@ class BenchmarkResult:
 def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
     if device is None:
         return torch.device("cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r}: allowed are cpu, cuda, cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available here; use --device cpu")
     if dev.type not in ("cpu", "cuda"):

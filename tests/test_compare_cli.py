@@ -1,0 +1,76 @@
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+import tokenred
+from tokenred.cli import main
+
+TINY = dict(img_size=32, patch_size=8, embed_dim=48, depth=4, num_heads=3)
+
+
+def test_compare_table():
+    df = tokenred.compare(["vit_tiny_patch16_224"], ["tome:r=2", "random_drop:keep=0.5"],
+                          input_size=32, batch_size=2, warmup=1, iters=3, rounds=3,
+                          backbone_kwargs=TINY)
+    assert list(df["method"]) == ["none", "tome", "random_drop"]   # baseline added first
+    assert list(df["params"]) == ["", "r=2", "keep=0.5"]
+    base = df.iloc[0]
+    assert base["speedup"] == 1.0 and base["flop_reduction_pct"] == 0.0
+    assert (df["gflops"].iloc[1:] < base["gflops"]).all()
+    assert df["flop_reduction_pct"].iloc[1] == pytest.approx(100 * (1 - df["gflops"].iloc[1]
+                                                                    / base["gflops"]))
+    assert list(df["tokens_out"]) == [17, 9, 3]  # random_drop default: 3 of 4 blocks
+    assert df["n_params"].nunique() == 1 and df["device"].iloc[0] == "cpu"
+    for col in ("images_per_s", "latency_median_ms", "latency_iqr_ms"):
+        assert (df[col] >= 0).all()
+
+
+def test_compare_rejects_bad_specs_before_measuring():
+    with pytest.raises(KeyError, match="did you mean tome"):
+        tokenred.compare(["vit_tiny_patch16_224"], ["tomme"])
+    with pytest.raises(tokenred.ParameterError, match="'r'"):
+        tokenred.compare(["vit_tiny_patch16_224"], ["tome:r=-3"])
+
+
+def test_cli_compare_writes_reports(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["compare", "--backbones", "vit_tiny_patch16_224", "--methods",
+                 "none,tome:r=[2,2],random_drop:r=4,where=[1]", "--input-size", "224",
+                 "--batch-size", "1", "--warmup", "0", "--iters", "2", "--rounds", "1",
+                 "--out", str(out), "--no-progress"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "| tome | r=[2,2] |" in printed and "### vit_tiny_patch16_224" in printed
+    df = pd.read_csv(out / "results.csv")
+    assert list(df["method"]) == ["none", "tome", "random_drop"]
+    assert (out / "results.md").read_text().startswith("### vit_tiny_patch16_224")
+    assert not [p for p in os.listdir(out) if p.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["compare", "--methods", "tome:r=abc"], "parameter 'r' got 'abc'"),
+    (["compare", "--backbones", "resnet18"], "no site adapter"),
+    (["compare", "--device", "tpu"], "allowed are cpu, cuda"),
+    (["compare", "--methods", "tomme"], "did you mean tome"),
+])
+def test_cli_errors_are_one_line(argv, message, capsys, tmp_path):
+    assert main(argv + ["--out", str(tmp_path / "x"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_bad_numbers(capsys):
+    with pytest.raises(SystemExit):
+        main(["compare", "--batch-size", "0"])
+    assert "--batch-size must be >= 1" in capsys.readouterr().err
+
+
+def test_list_and_module_entry_point():
+    result = subprocess.run([sys.executable, "-m", "tokenred", "list"], capture_output=True,
+                            text=True, check=True)
+    assert "tome" in result.stdout and "prop_attn=True" in result.stdout
+    assert "random_drop" in result.stdout and "VisionTransformer" in result.stdout

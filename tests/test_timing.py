@@ -1,0 +1,63 @@
+import pytest
+import torch
+from torch import nn
+
+import tokenred
+from tokenred.timing import benchmark_interleaved
+
+
+class Counting(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+        self.lin = nn.Linear(8, 2)
+
+    def forward(self, x):
+        self.calls += 1
+        return self.lin(x.mean(dim=(2, 3)).repeat(1, 3)[:, :8])
+
+
+def test_benchmark_statistics_and_environment():
+    model = Counting()
+    res = tokenred.benchmark(model, input_size=8, batch_size=4, warmup=3, iters=7)
+    assert model.calls == 10                 # warm-up ran but is not in the statistics
+    assert res.iters == 7 and len(res.times_ms) == 7 and res.warmup == 3
+    assert res.min_ms <= res.median_ms
+    assert res.iqr_ms >= 0
+    assert res.images_per_s == pytest.approx(4 / (res.median_ms / 1e3))
+    for key in ("device_name", "torch", "timm", "tokenred", "threads", "dtype", "tf32_matmul",
+                "tf32_cudnn", "cudnn_benchmark"):
+        assert key in res.env
+    assert res.env["threads"] == torch.get_num_threads()
+    assert res.env["dtype"] == "float32"
+
+
+def test_interleaved_rounds_share_iterations():
+    a, b = Counting(), Counting()
+    res = benchmark_interleaved({"a": a, "b": b}, 8, 2, "cpu", warmup=1, iters=5, rounds=2)
+    assert a.calls == b.calls == 6
+    assert set(res) == {"a", "b"} and res["a"].iters == 5
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="allowed are cpu, cuda"):
+        tokenred.benchmark(Counting(), 8, device="tpu")
+    with pytest.raises(ValueError, match="dtype 'float8'"):
+        tokenred.benchmark(Counting(), 8, dtype="float8")
+    with pytest.raises(ValueError, match="iters >= 1"):
+        tokenred.benchmark(Counting(), 8, iters=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            tokenred.benchmark(Counting(), 8, device="cuda")
+
+
+def test_bf16_autocast_runs():
+    res = tokenred.benchmark(Counting(), 8, batch_size=2, dtype="bfloat16", amp=True, warmup=0,
+                             iters=2)
+    assert res.env["amp"] is True and res.env["dtype"] == "bfloat16"
+
+
+@pytest.mark.gpu
+def test_cuda_event_timing():
+    res = tokenred.benchmark(Counting(), 8, batch_size=2, device="cuda", warmup=2, iters=5)
+    assert res.env["device"].startswith("cuda") and res.median_ms > 0
