@@ -146,3 +146,15 @@ def test_proportional_attention_bias_only_after_first_merge():
         with tokenred.apply(model, "tome", r=2, prop_attn=False):
             without = model(x)
     assert not torch.allclose(with_bias, without)
+
+
+def test_copying_an_installed_model_is_refused():
+    import copy
+    import io
+
+    model = tiny_vit()
+    with tokenred.apply(model, "tome", r=1):
+        with pytest.raises(RuntimeError, match="copy it first and apply to the copy"):
+            copy.deepcopy(model)
+        torch.save(model.state_dict(), io.BytesIO())
+    copy.deepcopy(model)

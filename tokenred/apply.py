@@ -42,6 +42,12 @@ class Handle:
             del self.model.__dict__[_INSTALLED_ATTR]
         self.removed = True
 
+    def __deepcopy__(self, memo: dict) -> "Handle":
+        # the installed forwards are closures over the original modules: a copy would silently
+        # run the original's blocks, so refuse and say what to do instead
+        raise RuntimeError(f"cannot copy a model while tokenred's {self.method!r} is installed; "
+                           f"copy it first and apply to the copy, or call handle.remove()")
+
     def __enter__(self) -> "Handle":
         return self
 
