@@ -24,7 +24,8 @@ from tokenred.sites import (SequenceContext, SequenceTokens, Site, UnsupportedMo
                             register_site_adapter)
 
 _BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
-_ATTN_PARTS = ("qkv", "num_heads", "head_dim", "q_norm", "k_norm", "attn_drop", "proj", "proj_drop")
+_ATTN_PARTS = ("qkv", "num_heads", "head_dim", "q_norm", "k_norm", "attn_drop", "proj", "proj_drop",
+               "fused_attn", "scale")
 
 
 class SequenceState:
@@ -39,33 +40,42 @@ class SequenceState:
         self.tokens: dict[str, int] = {}  # site name -> tokens leaving that site
 
 
-def attention_with_keys(attn: nn.Module, x: torch.Tensor, bias: Optional[torch.Tensor]):
-    """timm ``Attention.forward`` step for step (so outputs are bit-identical with bias=None),
-    also returning the keys ([B, H, T, head_dim]) from which the merge metric is taken."""
-    B, N, _ = x.shape
+def attention_with_keys(attn: nn.Module) -> Callable:
+    """A function running timm's ``Attention.forward`` step for step (so outputs are bit-identical
+    when bias is None), with an optional additive bias, that also returns the keys
+    ([B, H, T, head_dim]) the merge metric is taken from. Optional parts are looked up once here,
+    not on every call."""
     gate = getattr(attn, "gate", None)
-    gate = gate(x).sigmoid() if gate is not None else None
-    qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
-    if bias is not None:
-        bias = bias.to(q.dtype)
-    if getattr(attn, "fused_attn", True):
-        x = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=bias, dropout_p=attn.attn_drop.p if attn.training else 0.0)
-    else:
-        q = q * attn.scale
-        a = q @ k.transpose(-2, -1)
+    out_norm = getattr(attn, "norm", None)
+    attn_dim = getattr(attn, "attn_dim", attn.num_heads * attn.head_dim)
+
+    def run(x: torch.Tensor, bias: Optional[torch.Tensor]):
+        B, N, _ = x.shape
+        g = gate(x).sigmoid() if gate is not None else None
+        qkv = attn.qkv(x).reshape(B, N, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
         if bias is not None:
-            a = a + bias
-        a = attn.attn_drop(a.softmax(dim=-1))
-        x = a @ v
-    x = x.transpose(1, 2).reshape(B, N, getattr(attn, "attn_dim", attn.num_heads * attn.head_dim))
-    x = getattr(attn, "norm", nn.Identity())(x)
-    if gate is not None:
-        x = x * gate
-    x = attn.proj_drop(attn.proj(x))
-    return x, k
+            bias = bias.to(q.dtype)
+        if attn.fused_attn:
+            x = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=bias, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+        else:
+            q = q * attn.scale
+            a = q @ k.transpose(-2, -1)
+            if bias is not None:
+                a = a + bias
+            a = attn.attn_drop(a.softmax(dim=-1))
+            x = a @ v
+        x = x.transpose(1, 2).reshape(B, N, attn_dim)
+        if out_norm is not None:
+            x = out_norm(x)
+        if g is not None:
+            x = x * g
+        x = attn.proj_drop(attn.proj(x))
+        return x, k
+
+    return run
 
 
 class ViTAdapter:
@@ -141,6 +151,7 @@ class ViTInstallation:
         original = type(blk).forward.__get__(blk)
         state, reducer = self.state, self.reducer
         prop_attn = bool(reducer.proportional_attention)
+        attention = attention_with_keys(blk.attn)
 
         def forward(x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
                     is_causal: bool = False) -> torch.Tensor:
@@ -151,7 +162,7 @@ class ViTInstallation:
                 raise NotImplementedError("tokenred: attention masks cannot be combined with token "
                                           "reduction (the token count changes inside the network)")
             bias = state.size.log()[:, None, None, :, 0] if bias_needed else None
-            y, k = attention_with_keys(blk.attn, blk.norm1(x), bias)
+            y, k = attention(blk.norm1(x), bias)
             x = x + blk.drop_path1(blk.ls1(y))
             if site is not None:
                 x = self._reduce(x, k, site, index, num_sites)
@@ -170,7 +181,7 @@ class ViTInstallation:
                               trace_source=reducer.trace_source)
         out = reducer.reduce_sequence(SequenceTokens(x, state.size, state.source), ctx)
         state.size, state.source = out.size, out.source
-        state.tokens[site.name] = out.x.shape[1]
+        state.tokens[site.name] = int(out.x.shape[1])
         return out.x
 
     def _weighted_pool(self, original: Callable) -> Callable:

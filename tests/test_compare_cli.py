@@ -74,3 +74,27 @@ def test_list_and_module_entry_point():
                             text=True, check=True)
     assert "tome" in result.stdout and "prop_attn=True" in result.stdout
     assert "random_drop" in result.stdout and "VisionTransformer" in result.stdout
+
+
+def test_cli_checkpoint_flag(tmp_path, capsys):
+    import torch
+
+    torch.manual_seed(5)
+    src = tokenred.create_backbone("vit_tiny_patch16_224", img_size=32, patch_size=8,
+                                   embed_dim=48, depth=2, num_heads=3)
+    ckpt = tmp_path / "w.pth"
+    torch.save({"model": src.state_dict()}, ckpt)
+    df = tokenred.compare(["vit_tiny_patch16_224"], ["none"], input_size=32, batch_size=1,
+                          warmup=0, iters=1, rounds=1, checkpoints={"vit_tiny_patch16_224": ckpt},
+                          backbone_kwargs=dict(patch_size=8, embed_dim=48, depth=2, num_heads=3))
+    assert df["n_params"].iloc[0] == sum(p.numel() for p in src.parameters())
+    # a checkpoint that does not fit is a one-line error naming the keys
+    code = main(["compare", "--backbones", "vit_tiny_patch16_224", "--methods", "none",
+                 "--checkpoint", f"vit_tiny_patch16_224={ckpt}", "--iters", "1", "--warmup", "0",
+                 "--out", str(tmp_path / "run"), "--no-progress"])
+    assert code == 2
+    assert "shape mismatch" in capsys.readouterr().err
+    assert main(["compare", "--checkpoint", "nonsense", "--no-progress"]) == 2
+    assert "write BACKBONE=PATH" in capsys.readouterr().err
+    with pytest.raises(tokenred.ParameterError, match="not among the backbones"):
+        tokenred.compare(["vit_tiny_patch16_224"], ["none"], checkpoints={"other": ckpt})

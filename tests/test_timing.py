@@ -61,3 +61,15 @@ def test_bf16_autocast_runs():
 def test_cuda_event_timing():
     res = tokenred.benchmark(Counting(), 8, batch_size=2, device="cuda", warmup=2, iters=5)
     assert res.env["device"].startswith("cuda") and res.median_ms > 0
+
+
+def test_paired_ratio_uses_round_medians():
+    from tokenred.timing import paired_ratio
+
+    a, b = Counting(), Counting()
+    res = benchmark_interleaved({"a": a, "b": b}, 8, 2, "cpu", warmup=0, iters=6, rounds=3)
+    assert len(res["a"].round_medians_ms) == 3
+    ratio = paired_ratio(res["a"], res["b"])
+    assert ratio > 0
+    with pytest.raises(ValueError, match="same benchmark_interleaved run"):
+        paired_ratio(res["a"], tokenred.benchmark(b, 8, iters=2, warmup=0))

@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 from torch import nn
 
-from .checkpoint import load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint
 from .registry import RegistryError, get_backbone, list_backbones
 from .sites import adapter_for
 
@@ -32,7 +32,15 @@ def create_backbone(name: str, pretrained: bool = False, checkpoint: Optional[st
             close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise RegistryError(f"unknown backbone {name!r}{hint}")
-        model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        try:
+            model = timm.create_model(name, pretrained=pretrained, **kwargs)
+        except (OSError, RuntimeError) as exc:
+            if not pretrained:
+                raise
+            # offline machines: timm's hub download fails deep inside huggingface_hub
+            raise CheckpointError(f"could not get pretrained weights for {name!r} "
+                                  f"({type(exc).__name__}: {exc}); download them elsewhere and "
+                                  f"pass checkpoint=PATH (CLI: --checkpoint)") from exc
         adapter_for(model)  # refuse models tokenred cannot reduce, before anyone times them
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, strict=strict)

@@ -52,8 +52,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         bar.set_description(msg[:60])
         bar.update(1)
 
+    checkpoints = {}
+    for item in args.checkpoint:
+        name, eq, path = item.partition("=")
+        if not eq or not name or not path:
+            raise ValueError(f"--checkpoint {item!r}: write BACKBONE=PATH")
+        checkpoints[name.strip()] = path.strip()
     try:
-        df = tokenred.compare(backbones, specs, device=args.device, batch_size=args.batch_size,
+        df = tokenred.compare(backbones, specs, checkpoints=checkpoints, device=args.device, batch_size=args.batch_size,
                               input_size=args.input_size, dtype=args.dtype, amp=args.amp,
                               warmup=args.warmup, iters=args.iters, rounds=args.rounds,
                               threads=args.threads, pretrained=args.pretrained, seed=args.seed,
@@ -90,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     p.add_argument("--pretrained", action="store_true", help="load timm pretrained weights")
+    p.add_argument("--checkpoint", action="append", default=[], metavar="BACKBONE=PATH",
+                   help="local weights for a backbone (repeatable); .pth/.pt or .safetensors")
     p.add_argument("--seed", type=int, default=0, help="seed of random initialisation")
     p.add_argument("--out", help="run directory (default reports/<date-time>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

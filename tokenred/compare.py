@@ -10,9 +10,10 @@ import torch
 
 from .apply import apply
 from .backbone import create_backbone
+from .checkpoint import load_checkpoint
 from .flops import count_flops, count_params
 from .params import ParameterError, parse_method_spec, split_method_list, split_top_level
-from .registry import get_method
+from .registry import get_backbone, get_method
 from .timing import benchmark_interleaved, resolve_device
 
 DEFAULT_BACKBONES = ("deit_small_patch16_224",)
@@ -56,18 +57,35 @@ def _as_method_list(value: Union[str, Sequence[Any]]) -> list:
     return split_method_list(value) if isinstance(value, str) else list(value)
 
 
+def _build_backbone(name: str, input_size: int, pretrained: bool, seed: int,
+                    checkpoint: Optional[str], kwargs: dict) -> torch.nn.Module:
+    """Build ``name`` with seeded random init; a timm ViT made for another resolution is rebuilt
+    for ``input_size`` (timm resamples pretrained position embeddings)."""
+    torch.manual_seed(seed)
+    model = create_backbone(name, pretrained=pretrained, **kwargs)
+    grid = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if (get_backbone(name) is None and "img_size" not in kwargs and grid is not None
+            and tuple(grid) != (input_size, input_size)):
+        torch.manual_seed(seed)
+        model = create_backbone(name, pretrained=pretrained, img_size=input_size, **kwargs)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model
+
+
 def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
             methods: Union[str, Sequence[str]] = DEFAULT_METHODS, *,
             device: str = "cpu", batch_size: Optional[int] = None,
             input_size: int = 224, dtype: str = "float32", amp: bool = False,
             warmup: Optional[int] = None, iters: Optional[int] = None, rounds: int = 5,
             threads: Optional[int] = None, pretrained: bool = False, seed: int = 0,
-            backbone_kwargs: Optional[dict] = None,
+            checkpoints: Optional[dict] = None, backbone_kwargs: Optional[dict] = None,
             progress: Union[bool, Callable[[str], None]] = False) -> pd.DataFrame:
     """Measure ``methods`` (``"name"`` or ``"name:key=value,..."``) on ``backbones``.
 
     Each method runs on its own copy of the same backbone weights; ``none`` (added first when
-    missing) is the baseline for FLOP reduction and speedup. Timing is interleaved round-robin
+    missing) is the baseline for FLOP reduction and speedup. ``checkpoints`` maps backbone names
+    to local weight files. timm models are built for ``input_size`` (``img_size``). Timing is interleaved round-robin
     across the methods of one backbone. Defaults: on CPU batch 8, 3 warm-up + 10 timed forwards;
     on CUDA batch 128, 50 warm-up + 30 timed (VMamba's protocol).
     """
@@ -84,13 +102,18 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
         specs.insert(0, MethodSpec("none", "none", {}))
     if len({s.text for s in specs}) != len(specs):
         raise ParameterError(f"a method is listed twice: {[s.text for s in specs]}")
+    checkpoints = dict(checkpoints or {})
+    unknown = sorted(set(checkpoints) - set(backbone_names))
+    if unknown:
+        raise ParameterError(f"checkpoint given for {unknown}, which is not among the backbones "
+                             f"{backbone_names}")
 
     report = progress if callable(progress) else (lambda msg: None)
     rows = []
     for bname in backbone_names:
         report(f"{bname}: build")
-        torch.manual_seed(seed)
-        base = create_backbone(bname, pretrained=pretrained, **(backbone_kwargs or {}))
+        base = _build_backbone(bname, input_size, pretrained, seed, checkpoints.get(bname),
+                               dict(backbone_kwargs or {}))
         n_params = count_params(base)
         models, handles, flops = {}, {}, {}
         for spec in specs:

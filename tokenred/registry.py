@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import Any, Callable, Optional
 
 from .reducer import Reducer
+from .sites import SITE_KINDS
 
 _METHODS: dict[str, type[Reducer]] = {}
 _BACKBONES: dict[str, "BackboneEntry"] = {}
@@ -45,9 +46,9 @@ def register_method(name: str) -> Callable[[type[Reducer]], type[Reducer]]:
             raise TypeError(f"register_method({name!r}) expects a Reducer subclass, got {cls!r}")
         if name in _METHODS:
             raise ValueError(f"method {name!r} is already registered (by {_METHODS[name].__module__})")
-        if not cls.kinds or not set(cls.kinds) <= {"sequence", "grid"}:
+        if not cls.kinds or not set(cls.kinds) <= set(SITE_KINDS):
             raise ValueError(f"method {name!r}: kinds must be a non-empty subset of "
-                             f"{{'sequence', 'grid'}}, got {set(cls.kinds)}")
+                             f"{SITE_KINDS}, got {sorted(cls.kinds)}")
         cls.name = name
         _METHODS[name] = cls
         return cls

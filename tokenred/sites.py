@@ -9,7 +9,7 @@ to install the reducer there.
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Optional, Protocol, Sequence
 
 import torch
@@ -32,7 +32,6 @@ class Site:
     block: int
     index_in_stage: int
     num_prefix_tokens: int = 0
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __repr__(self) -> str:  # short, readable in error messages
         return f"Site({self.name!r}, kind={self.kind}, stage={self.stage}, block={self.block})"
@@ -112,7 +111,7 @@ def adapter_for(model: nn.Module) -> SiteAdapter:
             return factory(model)
     known = ", ".join(sorted({c.__module__ + "." + c.__qualname__ for c, _ in _ADAPTERS}))
     raise UnsupportedModelError(f"tokenred has no site adapter for {type(model).__module__}."
-                    f"{type(model).__qualname__}; supported model classes: {known}")
+                                f"{type(model).__qualname__}; supported model classes: {known}")
 
 
 class SiteSelectionError(ValueError):
@@ -139,7 +138,8 @@ def select_sites(sites: Sequence[Site], where: Any) -> list[Site]:
     Accepted forms (``None`` is resolved by the reducer's default before this is called):
       - ``int``: one stage index; ``range``: several stages;
       - ``list``/``tuple`` of ints: global block indices;
-      - ``"stage:1"``, ``"stages:0-2"``, ``"blocks:3,6,9"`` / ``"blocks:0-5"``: the same as strings;
+      - ``"stage:1"``, ``"stages:0-2"``, ``"blocks:3,6,9"`` / ``"blocks:0-5"``: the same as strings
+        (``/`` also separates indices, ``"blocks:3/6/9"``, for method specs on a command line);
       - any other string: an fnmatch pattern on site names (``"layers.2.*"``);
       - a callable ``site -> bool``.
     """
@@ -149,8 +149,8 @@ def select_sites(sites: Sequence[Site], where: Any) -> list[Site]:
     elif isinstance(where, bool):
         raise SiteSelectionError(f"where={where!r} is not a valid selector")
     elif isinstance(where, int):
-        chosen = [s for s in sites if s.stage == where]
         _check_exists("stage", [where], {s.stage for s in sites})
+        chosen = [s for s in sites if s.stage == where]
     elif isinstance(where, range):
         _check_exists("stage", list(where), {s.stage for s in sites})
         chosen = [s for s in sites if s.stage in where]

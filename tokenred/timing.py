@@ -39,6 +39,8 @@ class BenchmarkResult:
     warmup: int
     times_ms: list[float] = field(repr=False, default_factory=list)
     env: dict[str, Any] = field(repr=False, default_factory=dict)
+    #: median of each interleaved round, for paired ratios between models timed together
+    round_medians_ms: list[float] = field(repr=False, default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -166,6 +168,7 @@ def benchmark_interleaved(models: Mapping[str, nn.Module], input_size: Union[int
     rounds = min(rounds, iters)
     per_round = [iters // rounds + (1 if r < iters % rounds else 0) for r in range(rounds)]
     times: dict[str, list[float]] = {name: [] for name in models}
+    round_medians: dict[str, list[float]] = {name: [] for name in models}
     with torch.inference_mode(), autocast:
         for name, call in calls.items():
             if progress:
@@ -175,8 +178,20 @@ def benchmark_interleaved(models: Mapping[str, nn.Module], input_size: Union[int
             for name, call in calls.items():
                 if progress:
                     progress(f"timing {name}")
-                times[name].extend(_time_calls(call, n, dev))
-    return {name: _summarise(t, batch_size, warmup, env) for name, t in times.items()}
+                measured = _time_calls(call, n, dev)
+                times[name].extend(measured)
+                round_medians[name].append(statistics.median(measured) * 1e3)
+    results = {name: _summarise(t, batch_size, warmup, env) for name, t in times.items()}
+    for name, res in results.items():
+        res.round_medians_ms = round_medians[name]
+    return results
+
+
+def paired_ratio(a: BenchmarkResult, b: BenchmarkResult) -> float:
+    """Median over interleaved rounds of a's latency / b's latency: drift between rounds cancels."""
+    if len(a.round_medians_ms) != len(b.round_medians_ms) or not a.round_medians_ms:
+        raise ValueError("paired_ratio needs two results from the same benchmark_interleaved run")
+    return statistics.median(x / y for x, y in zip(a.round_medians_ms, b.round_medians_ms))
 
 
 def benchmark(model: nn.Module, input_size: Union[int, Sequence[int]] = 224, batch_size: int = 1,
