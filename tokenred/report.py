@@ -38,7 +38,7 @@ def atomic_write_text(path: str, text: str) -> None:
 
 
 def _cell(value: Any, fmt: str) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or value == "" or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return fmt.format(value)
 
