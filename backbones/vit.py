@@ -9,6 +9,10 @@ kept. Prefix tokens (class, distillation, registers) sit at the front and are ne
 
 Blocks before the first selected site, and blocks that neither reduce nor need the bias, run timm's
 own forward unchanged; removing the installation restores each patched attribute exactly.
+
+Pooling: 'avg' and 'avgmax' global pools weight each token by its size (a merged token counts for
+every patch it holds); 'token' pooling reads the class token, which is never reduced; attention
+pooling heads (MAP) run unweighted.
 """
 from __future__ import annotations
 
@@ -139,8 +143,8 @@ class ViTInstallation:
         if hasattr(model, "pool"):
             self._patch(model, "pool", self._weighted_pool(type(model).pool.__get__(model)))
         elif getattr(model, "global_pool", "token") in ("avg", "avgmax"):
-            raise TypeError("this timm version's VisionTransformer has no pool(); size-weighted "
-                            "average pooling needs timm >= 1.0.10")
+            raise UnsupportedModelError("this timm version's VisionTransformer has no pool(), "
+                                        "which size-weighted average pooling replaces; upgrade timm")
 
     def _begin_forward(self, *_: Any) -> None:
         self.state.reset()
@@ -189,7 +193,8 @@ class ViTInstallation:
 
         def pool(x: torch.Tensor, pool_type: Optional[str] = None) -> torch.Tensor:
             kind = model.global_pool if pool_type is None else pool_type
-            if state.size is None or getattr(model, "attn_pool", None) is not None or kind not in ("avg", "avgmax"):
+            attention_pool = getattr(model, "attn_pool", None) is not None
+            if state.size is None or attention_pool or kind not in ("avg", "avgmax"):
                 return original(x, pool_type)
             start = 0 if getattr(model, "pool_include_prefix", False) else model.num_prefix_tokens
             xs, w = x[:, start:], state.size[:, start:].to(x.dtype)

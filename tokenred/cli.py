@@ -33,12 +33,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     import tokenred
-    from tokenred.compare import (DEFAULT_BACKBONES, DEFAULT_METHODS, MethodSpec, _as_list,
-                                  _as_method_list)
+    from tokenred.compare import (DEFAULT_BACKBONES, DEFAULT_METHODS, MethodSpec, as_list,
+                                  as_method_list)
     from tokenred.report import markdown_table, write_run
 
-    backbones = _as_list(args.backbones) if args.backbones else list(DEFAULT_BACKBONES)
-    methods = _as_method_list(args.methods) if args.methods else list(DEFAULT_METHODS)
+    backbones = as_list(args.backbones) if args.backbones else list(DEFAULT_BACKBONES)
+    methods = as_method_list(args.methods) if args.methods else list(DEFAULT_METHODS)
     specs = [MethodSpec.parse(m) for m in methods]  # fail on a bad spec before any work
     n_methods = len(specs) + (0 if any(s.text == "none" for s in specs) else 1)
     rounds = min(args.rounds, args.iters) if args.iters else args.rounds

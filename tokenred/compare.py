@@ -47,13 +47,13 @@ class MethodSpec:
         return self.text.partition(":")[2]
 
 
-def _as_list(value: Union[str, Sequence[Any]]) -> list:
+def as_list(value: Union[str, Sequence[Any]]) -> list:
     if isinstance(value, str):
         return split_top_level(value)
     return list(value)
 
 
-def _as_method_list(value: Union[str, Sequence[Any]]) -> list:
+def as_method_list(value: Union[str, Sequence[Any]]) -> list:
     return split_method_list(value) if isinstance(value, str) else list(value)
 
 
@@ -80,22 +80,23 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
             warmup: Optional[int] = None, iters: Optional[int] = None, rounds: int = 5,
             threads: Optional[int] = None, pretrained: bool = False, seed: int = 0,
             checkpoints: Optional[dict] = None, backbone_kwargs: Optional[dict] = None,
-            progress: Union[bool, Callable[[str], None]] = False) -> pd.DataFrame:
+            progress: Optional[Callable[[str], None]] = None) -> pd.DataFrame:
     """Measure ``methods`` (``"name"`` or ``"name:key=value,..."``) on ``backbones``.
 
     Each method runs on its own copy of the same backbone weights; ``none`` (added first when
-    missing) is the baseline for FLOP reduction and speedup. ``checkpoints`` maps backbone names
-    to local weight files. timm models are built for ``input_size`` (``img_size``). Timing is interleaved round-robin
+    missing) is the baseline for FLOP reduction and speedup. Timing is interleaved round-robin
     across the methods of one backbone. Defaults: on CPU batch 8, 3 warm-up + 10 timed forwards;
-    on CUDA batch 128, 50 warm-up + 30 timed (VMamba's protocol).
+    on CUDA batch 128, 50 warm-up + 30 timed (VMamba's protocol). ``checkpoints`` maps backbone
+    names to local weight files; timm models are built for ``input_size``. ``progress`` is called
+    with a short message at each step.
     """
     dev = resolve_device(device)
     on_gpu = dev.type == "cuda"
-    batch_size = batch_size or (128 if on_gpu else 8)
+    batch_size = (128 if on_gpu else 8) if batch_size is None else batch_size
     warmup = (50 if on_gpu else 3) if warmup is None else warmup
     iters = (30 if on_gpu else 10) if iters is None else iters
-    backbone_names = _as_list(backbones)
-    specs = [MethodSpec.parse(m) for m in _as_method_list(methods)]
+    backbone_names = as_list(backbones)
+    specs = [MethodSpec.parse(m) for m in as_method_list(methods)]
     if not backbone_names or not specs:
         raise ParameterError("compare needs at least one backbone and one method")
     if not any(s.name == "none" and not s.params for s in specs):
@@ -108,7 +109,7 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
         raise ParameterError(f"checkpoint given for {unknown}, which is not among the backbones "
                              f"{backbone_names}")
 
-    report = progress if callable(progress) else (lambda msg: None)
+    report = progress or (lambda msg: None)
     rows = []
     for bname in backbone_names:
         report(f"{bname}: build")
