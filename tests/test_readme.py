@@ -1,8 +1,6 @@
 import re
-import subprocess
 from pathlib import Path
 
-import pytest
 
 from tokenred import registry
 

@@ -38,7 +38,7 @@ def test_reproduces_official_tome_fixture(tome_fixture):
     assert torch.equal(size, fx["final_size"])
     assert torch.equal(source, fx["source"])
     assert tokens == fx["tokens_per_block"]
-    for ours, theirs in zip(outputs, fx["block_outputs"]):
+    for ours, theirs in zip(outputs, fx["block_outputs"], strict=True):
         torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
 

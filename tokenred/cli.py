@@ -59,11 +59,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             raise ValueError(f"--checkpoint {item!r}: write BACKBONE=PATH")
         checkpoints[name.strip()] = path.strip()
     try:
-        df = tokenred.compare(backbones, specs, checkpoints=checkpoints, device=args.device, batch_size=args.batch_size,
-                              input_size=args.input_size, dtype=args.dtype, amp=args.amp,
-                              warmup=args.warmup, iters=args.iters, rounds=args.rounds,
-                              threads=args.threads, pretrained=args.pretrained, seed=args.seed,
-                              progress=progress)
+        df = tokenred.compare(backbones, specs, checkpoints=checkpoints, device=args.device,
+                              batch_size=args.batch_size, input_size=args.input_size,
+                              dtype=args.dtype, amp=args.amp, warmup=args.warmup,
+                              iters=args.iters, rounds=args.rounds, threads=args.threads,
+                              pretrained=args.pretrained, seed=args.seed, progress=progress)
     finally:
         bar.close()
     print(markdown_table(df))

@@ -81,7 +81,8 @@ def _load_plugins() -> None:
             try:
                 obj = ep.load()
             except Exception as exc:  # a broken plugin must not break tokenred itself
-                warnings.warn(f"tokenred: could not load plugin {ep.name!r} from {ep.value}: {exc}")
+                warnings.warn(f"tokenred: could not load plugin {ep.name!r} from {ep.value}: {exc}",
+                              stacklevel=2)
                 continue
             if ep.name in table:
                 continue  # the module registered itself on import

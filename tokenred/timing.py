@@ -191,7 +191,7 @@ def paired_ratio(a: BenchmarkResult, b: BenchmarkResult) -> float:
     """Median over interleaved rounds of a's latency / b's latency: drift between rounds cancels."""
     if len(a.round_medians_ms) != len(b.round_medians_ms) or not a.round_medians_ms:
         raise ValueError("paired_ratio needs two results from the same benchmark_interleaved run")
-    return statistics.median(x / y for x, y in zip(a.round_medians_ms, b.round_medians_ms))
+    return statistics.median(x / y for x, y in zip(a.round_medians_ms, b.round_medians_ms, strict=True))
 
 
 def benchmark(model: nn.Module, input_size: Union[int, Sequence[int]] = 224, batch_size: int = 1,
