@@ -99,3 +99,15 @@ def test_cli_checkpoint_flag(tmp_path, capsys):
     assert "write BACKBONE=PATH" in capsys.readouterr().err
     with pytest.raises(tokenred.ParameterError, match="not among the backbones"):
         tokenred.compare(["vit_tiny_patch16_224"], ["none"], checkpoints={"other": ckpt})
+
+
+def test_embedded_default_end_to_end(tmp_path, capsys):
+    """`tokenred compare` with no arguments: DeiT-S, none / tome:r=13 / random_drop, CPU."""
+    assert main(["compare", "--out", str(tmp_path), "--no-progress"]) == 0
+    df = pd.read_csv(tmp_path / "results.csv")
+    assert list(df["backbone"].unique()) == ["deit_small_patch16_224"]
+    assert list(df["method"]) == ["none", "tome", "random_drop"]
+    assert df["gflops"].round(2).tolist() == [4.61, 2.71, 2.99]
+    assert list(df["tokens_out"]) == [197, 41, 68]
+    assert (df["batch_size"] == 8).all() and (df["device"] == "cpu").all()
+    assert "| tome | r=13 |" in capsys.readouterr().out
