@@ -111,7 +111,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
         if strict:
             raise CheckpointError(str(report))
         warnings.warn(str(report), stacklevel=2)
-    loadable = {k: v for k, v in state.items()
-                if k not in report.unexpected and k not in {m[0] for m in report.shape_mismatch}}
+    skip = set(report.unexpected) | {key for key, _, _ in report.shape_mismatch}
+    loadable = {k: v for k, v in state.items() if k not in skip}
     model.load_state_dict(loadable, strict=False)
     return report

@@ -40,7 +40,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     backbones = as_list(args.backbones) if args.backbones else list(DEFAULT_BACKBONES)
     methods = as_method_list(args.methods) if args.methods else list(DEFAULT_METHODS)
     specs = [MethodSpec.parse(m) for m in methods]  # fail on a bad spec before any work
-    n_methods = len(specs) + (0 if any(s.text == "none" for s in specs) else 1)
+    n_methods = len(specs) + (0 if any(s.is_baseline for s in specs) else 1)  # compare adds none
     rounds = min(args.rounds, args.iters) if args.iters else args.rounds
     per_backbone = 1 + 2 * n_methods + rounds * n_methods
     out_dir = args.out or os.path.join("reports", time.strftime("%Y%m%d-%H%M%S"))

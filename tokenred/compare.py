@@ -43,6 +43,11 @@ class MethodSpec:
         return cls(spec.strip(), name, params)
 
     @property
+    def is_baseline(self) -> bool:
+        """Plain ``none``: the row every other method on the backbone is compared with."""
+        return self.name == "none" and not self.params
+
+    @property
     def params_text(self) -> str:
         return self.text.partition(":")[2]
 
@@ -99,7 +104,7 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
     specs = [MethodSpec.parse(m) for m in as_method_list(methods)]
     if not backbone_names or not specs:
         raise ParameterError("compare needs at least one backbone and one method")
-    if not any(s.name == "none" and not s.params for s in specs):
+    if not any(s.is_baseline for s in specs):
         specs.insert(0, MethodSpec("none", "none", {}))
     if len({s.text for s in specs}) != len(specs):
         raise ParameterError(f"a method is listed twice: {[s.text for s in specs]}")
@@ -129,7 +134,7 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
         results = benchmark_interleaved(models, input_size, batch_size, dev, dtype, amp, warmup,
                                         iters, rounds, threads,
                                         progress=lambda m, b=bname: report(f"{b} {m}"))
-        base_text = next(s.text for s in specs if s.name == "none" and not s.params)
+        base_text = next(s.text for s in specs if s.is_baseline)
         g0, ips0 = flops[base_text].gflops, results[base_text].images_per_s
         for spec in specs:
             res, g = results[spec.text], flops[spec.text].gflops

@@ -130,15 +130,18 @@ def _time_calls(fn: Callable[[], Any], n: int, device: torch.device) -> list[flo
     return out
 
 
-def _summarise(times: Sequence[float], batch: int, warmup: int, env: dict) -> BenchmarkResult:
-    ms = [t * 1e3 for t in times]
+def _summarise(rounds: Sequence[Sequence[float]], batch: int, warmup: int,
+               env: dict) -> BenchmarkResult:
+    """Statistics over all timed calls (seconds, grouped by interleaved round)."""
+    ms = [t * 1e3 for r in rounds for t in r]
     if len(ms) >= 2:
         q = statistics.quantiles(ms, n=4, method="inclusive")
         iqr = q[2] - q[0]
     else:
         iqr = 0.0
     med = statistics.median(ms)
-    return BenchmarkResult(batch, med, iqr, min(ms), batch / (med / 1e3), len(ms), warmup, ms, env)
+    return BenchmarkResult(batch, med, iqr, min(ms), batch / (med / 1e3), len(ms), warmup, ms, env,
+                           [statistics.median(r) * 1e3 for r in rounds])
 
 
 def benchmark_interleaved(models: Mapping[str, nn.Module], input_size: Union[int, Sequence[int]] = 224,
@@ -167,8 +170,7 @@ def benchmark_interleaved(models: Mapping[str, nn.Module], input_size: Union[int
         calls[name] = (lambda m=model: m(x))
     rounds = min(rounds, iters)
     per_round = [iters // rounds + (1 if r < iters % rounds else 0) for r in range(rounds)]
-    times: dict[str, list[float]] = {name: [] for name in models}
-    round_medians: dict[str, list[float]] = {name: [] for name in models}
+    rounds_s: dict[str, list[list[float]]] = {name: [] for name in models}
     with torch.inference_mode(), autocast:
         for name, call in calls.items():
             if progress:
@@ -178,13 +180,8 @@ def benchmark_interleaved(models: Mapping[str, nn.Module], input_size: Union[int
             for name, call in calls.items():
                 if progress:
                     progress(f"timing {name}")
-                measured = _time_calls(call, n, dev)
-                times[name].extend(measured)
-                round_medians[name].append(statistics.median(measured) * 1e3)
-    results = {name: _summarise(t, batch_size, warmup, env) for name, t in times.items()}
-    for name, res in results.items():
-        res.round_medians_ms = round_medians[name]
-    return results
+                rounds_s[name].append(_time_calls(call, n, dev))
+    return {name: _summarise(r, batch_size, warmup, env) for name, r in rounds_s.items()}
 
 
 def paired_ratio(a: BenchmarkResult, b: BenchmarkResult) -> float:
