@@ -3,7 +3,7 @@ its cost and outputs measure the framework itself (bit-identical to the untouche
 from __future__ import annotations
 
 from tokenred import Reducer, register_method
-from tokenred.sites import SequenceContext, SequenceTokens
+from tokenred.sites import GridContext, SequenceContext, SequenceTokens
 
 
 @register_method("none")
@@ -15,3 +15,6 @@ class NoReduction(Reducer):
 
     def reduce_sequence(self, tokens: SequenceTokens, ctx: SequenceContext) -> SequenceTokens:
         return tokens
+
+    def reduce_grid(self, x, ctx: GridContext):
+        return x

@@ -42,7 +42,7 @@ index index_put_ take_along_dim repeat repeat_interleave expand_as flip roll pad
 ones_like zeros_like full_like empty_like rand rand_like randn randn_like randint randperm
 uniform_ normal_ bernoulli_ eye linspace arange new_zeros new_ones new_full new_empty
 unflatten movedim contiguous clone detach alias expand view reshape permute transpose
-split split_with_sizes unbind slice select narrow cat stack squeeze unsqueeze flatten t
+split split_with_sizes chunk constant_pad_nd unbind slice select narrow cat stack squeeze unsqueeze flatten t
 to type_as copy_ float int long bool ScalarImplicit Int Float item numel size sym_size real imag
 """.split()
 
@@ -136,7 +136,8 @@ def _count_flops(model: nn.Module, input_size: Union[int, Sequence[int]]) -> Flo
         level = logger.level
         logger.setLevel(logging.ERROR)
         try:
-            total = int(analysis.total())
+            with torch.no_grad():  # the trace (taken lazily here) needs no autograd bookkeeping
+                total = int(analysis.total())
             by_operator = {k: int(v) for k, v in analysis.by_operator().items() if v}
             by_module = {k: int(v) for k, v in analysis.by_module().items() if v}
             uncounted = dict(Counter(analysis.unsupported_ops()))

@@ -1,10 +1,13 @@
 """Base class of every token-reduction method."""
 from __future__ import annotations
 
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+
+if TYPE_CHECKING:
+    import torch
 
 from .params import Param, validate
-from .sites import SequenceContext, SequenceTokens, Site
+from .sites import GridContext, SequenceContext, SequenceTokens, Site
 
 
 class Reducer:
@@ -45,6 +48,10 @@ class Reducer:
     # -- the work ------------------------------------------------------------------------------
     def reduce_sequence(self, tokens: SequenceTokens, ctx: SequenceContext) -> SequenceTokens:
         raise NotImplementedError(f"{self.name} does not reduce sequences")
+
+    def reduce_grid(self, x: "torch.Tensor", ctx: GridContext) -> "torch.Tensor":
+        """``x``: the channel-last map [B, H, W, C] entering a grid site's scan."""
+        raise NotImplementedError(f"{self.name} does not reduce grids")
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())

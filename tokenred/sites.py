@@ -77,6 +77,20 @@ class SequenceContext:
         return self._metric
 
 
+class GridContext:
+    """What a ``grid`` site tells the reducer besides the map itself.
+
+    At a grid site the backbone hands over the 2D map entering its scan, channel-last
+    [B, H, W, C]; ``reduce_grid`` returns the map the scan runs on. (Methods that scan a smaller
+    map or a token subset and restore the full map afterwards extend this contract.)
+    """
+
+    def __init__(self, site: Site, index: int, num_selected: int):
+        self.site = site
+        self.index = index                  # position of this site among the selected ones
+        self.num_selected = num_selected
+
+
 class Installation(Protocol):
     """What an adapter returns from ``install``: something that undoes it and exposes the token
     state of the last forward (for sequence backbones: final ``size`` and ``source``)."""

@@ -1,0 +1,661 @@
+"""VMamba (both released families) as tokenred backbones, written from the published architecture.
+
+* v2 ("vssm1"; forward type ``v05_noz``): d_state 1, no z gate, conv without bias, MLP ratio 4,
+  two-conv patch embed (v2), 3x3 stride-2 conv downsample (v3).
+* v0 (vanilla; forward type ``v0``): d_state 16, ssm_ratio 2, z gate, conv bias, no MLP,
+  4x4 patch embed (v1), patch-merging downsample (v1; odd sizes padded).
+
+Parameter names and shapes are the official ones, so official checkpoints load strictly (old
+v0-era names are remapped by the checkpoint filter below). Everything runs channel-last: the
+official "ln2d" layout computes the same function (LayerNorm over channels, 1x1 convs = linears),
+and channel-last lets every projection be one GEMM and every LayerNorm a plain ``layer_norm``.
+
+The 2D selective scan (``SS2D``) lays the four scan directions out time-major, which is what
+tokenred's ``torch`` scan backend works in, so no transposes are needed around the scan.
+``SS2D`` is shared with MedMamba (``backbones/medmamba.py``), whose blocks use the v0 SS2D.
+
+Sites: every SS2D is a ``grid`` site named after its block (``layers.<stage>.blocks.<j>``), at
+the 2D map entering the cross-scan (after in_proj, depthwise conv and activation).
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from timm.layers import DropPath
+
+from tokenred.checkpoint import CheckpointError, load_checkpoint, register_checkpoint_filter
+from tokenred.kernels import check_backend, selective_scan
+from tokenred.registry import register_backbone
+from tokenred.sites import GridContext, Site, register_site_adapter
+
+K_DIRECTIONS = 4
+
+
+# --------------------------------------------------------------------------------------------
+# building blocks
+# --------------------------------------------------------------------------------------------
+def _activation(name: str) -> nn.Module:
+    table = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU}
+    if name not in table:
+        raise ValueError(f"activation {name!r} is not supported; choose one of {sorted(table)}")
+    return table[name]()
+
+
+class SS2D(nn.Module):
+    """VMamba's 2D selective-scan mixer on a channel-last map [B, H, W, C] -> [B, H, W, C].
+
+    in_proj -> depthwise conv -> act -> [grid site] -> cross-scan (4 directions) -> per-direction
+    x_proj / dt_proj -> selective scan -> cross-merge -> out_norm -> (y * act(z)) -> out_proj.
+    ``gate`` (forward types v0 / v05) splits in_proj's output into x rows then z rows.
+    """
+
+    def __init__(self, d_model: int, d_state: int, ssm_ratio: float, dt_rank: Union[int, str],
+                 act: str = "silu", d_conv: int = 3, conv_bias: bool = True, gate: bool = False,
+                 dropout: float = 0.0, scan_backend: Optional[str] = None):
+        super().__init__()
+        d_inner = int(ssm_ratio * d_model)
+        rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.d_model, self.d_inner, self.d_state, self.dt_rank = d_model, d_inner, d_state, rank
+        self.gate = gate
+        self.scan_backend = check_backend(scan_backend) if scan_backend is not None else None
+        self.in_proj = nn.Linear(d_model, d_inner * (2 if gate else 1), bias=False)
+        self.act = _activation(act)
+        self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2,
+                                groups=d_inner, bias=conv_bias)
+        k = K_DIRECTIONS
+        self.x_proj_weight = nn.Parameter(torch.empty(k, rank + 2 * d_state, d_inner))
+        self.dt_projs_weight = nn.Parameter(torch.empty(k, d_inner, rank))
+        self.dt_projs_bias = nn.Parameter(torch.empty(k, d_inner))
+        self.A_logs = nn.Parameter(torch.empty(k * d_inner, d_state))
+        self.Ds = nn.Parameter(torch.empty(k * d_inner))
+        self.out_norm = nn.LayerNorm(d_inner)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        #: set by tokenred's site adapter: called on the map entering the scan
+        self.grid_hook: Optional[Callable[[Tensor], Tensor]] = None
+        self.reset_ssm_parameters()
+
+    @torch.no_grad()
+    def reset_ssm_parameters(self, dt_min: float = 1e-3, dt_max: float = 0.1) -> None:
+        """Mamba's initialisation (S4D-real A, dt log-uniform in [dt_min, dt_max])."""
+        nn.init.uniform_(self.x_proj_weight, -self.d_inner ** -0.5, self.d_inner ** -0.5)
+        nn.init.uniform_(self.dt_projs_weight, -self.dt_rank ** -0.5, self.dt_rank ** -0.5)
+        dt = torch.exp(torch.rand_like(self.dt_projs_bias) * (math.log(dt_max) - math.log(dt_min))
+                       + math.log(dt_min)).clamp(min=1e-4)
+        self.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))   # inverse softplus
+        a = torch.arange(1, self.d_state + 1, dtype=torch.float32)
+        self.A_logs.copy_(torch.log(a).expand_as(self.A_logs))
+        self.Ds.fill_(1.0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        xz = self.in_proj(x)
+        if self.gate:
+            x, z = xz.chunk(2, dim=-1)
+        else:
+            x, z = xz, None
+        # depthwise conv on an NCHW view of the channel-last map (channels_last memory format)
+        x = self.act(self.conv2d(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
+        if self.grid_hook is not None:
+            x = self.grid_hook(x)
+        y = self.scan_2d(x)
+        y = self.out_norm(y)
+        if z is not None:
+            y = y * self.act(z)
+        return self.dropout(self.out_proj(y))
+
+    def scan_2d(self, x: Tensor) -> Tensor:
+        """Cross-scan, selective scan, cross-merge on a channel-last map [B, H, W, D]."""
+        batch, height, width, dim = x.shape
+        length, k, n, rank = height * width, K_DIRECTIONS, self.d_state, self.dt_rank
+        # the four directions, time-major [L, B, K, D]: row-major, column-major, both reversed
+        xs = x.new_empty(length, batch, k, dim)
+        xs[:, :, 0] = x.reshape(batch, length, dim).transpose(0, 1)
+        xs[:, :, 1] = x.transpose(1, 2).reshape(batch, length, dim).transpose(0, 1)
+        xs[:, :, 2:] = xs[:, :, :2].flip(0)
+        # per-direction projections as one batched matmul over directions: [K, L*B, .]
+        seq = xs.view(length * batch, k, dim).transpose(0, 1)
+        x_dbl = torch.bmm(seq, self.x_proj_weight.transpose(1, 2))           # [K, LB, R+2N]
+        dts = torch.bmm(x_dbl[..., :rank], self.dt_projs_weight.transpose(1, 2))  # [K, LB, D]
+        bs = x_dbl[..., rank:rank + n].view(k, length, batch, n).permute(2, 0, 3, 1)
+        cs = x_dbl[..., rank + n:].view(k, length, batch, n).permute(2, 0, 3, 1)
+        u = xs.view(length, batch, k * dim).permute(1, 2, 0)                # [B, KD, L] view
+        delta = dts.view(k, length, batch, dim).permute(2, 0, 3, 1).reshape(batch, k * dim, length)
+        y = selective_scan(u, delta, -torch.exp(self.A_logs.float()), bs, cs, self.Ds.float(),
+                           None, self.dt_projs_bias.float().view(-1), True, self.scan_backend)
+        y = y.permute(2, 0, 1).reshape(length, batch, k, dim).to(x.dtype)   # time-major again
+        rows = y[:, :, 0] + y[:, :, 2].flip(0)        # positions in row-major order
+        cols = y[:, :, 1] + y[:, :, 3].flip(0)        # positions in column-major order
+        out = rows.view(height, width, batch, dim) + cols.view(width, height, batch, dim).transpose(0, 1)
+        return out.permute(2, 0, 1, 3)
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, act: str = "gelu", drop: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = _activation(act)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop) if drop > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class VSSBlock(nn.Module):
+    """x + drop_path(SS2D(norm(x))), then x + drop_path(MLP(norm2(x))) when mlp_ratio > 0."""
+
+    def __init__(self, dim: int, drop_path: float, ssm: dict, mlp_ratio: float, mlp_act: str,
+                 mlp_drop: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.op = SS2D(dim, **ssm)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        if mlp_ratio > 0:
+            self.norm2 = nn.LayerNorm(dim)
+            self.mlp = Mlp(dim, int(dim * mlp_ratio), mlp_act, mlp_drop)
+        else:
+            self.norm2 = self.mlp = None
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.drop_path(self.op(self.norm(x)))
+        if self.mlp is not None:
+            x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x
+
+
+class PatchMerging2D(nn.Module):
+    """Downsample v1: concatenate each 2x2 neighbourhood (Swin order), LayerNorm, linear 4C->2C.
+    Odd sizes are padded with zeros at the bottom/right (VMamba) or cropped (MedMamba)."""
+
+    def __init__(self, dim: int, out_dim: int, odd: str = "pad"):
+        super().__init__()
+        self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
+        self.norm = nn.LayerNorm(4 * dim)
+        self.odd = odd
+
+    def forward(self, x: Tensor) -> Tensor:
+        height, width = x.shape[1:3]
+        if height % 2 or width % 2:
+            if self.odd == "pad":
+                x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
+            else:
+                x = x[:, :height - height % 2, :width - width % 2]
+        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
+        return self.reduction(self.norm(x))
+
+
+class _ChannelLastConv(nn.Module):
+    """Parameter-free slot holder: the official Sequential has Permute/Identity modules here."""
+
+    def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - never called
+        return x
+
+
+def _conv_nhwc(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+
+
+class ConvDownsample(nn.Sequential):
+    """Downsample v3: 3x3 stride-2 conv + LayerNorm (official indices 1 and 3)."""
+
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__(_ChannelLastConv(), nn.Conv2d(dim, out_dim, 3, 2, 1), _ChannelLastConv(),
+                         nn.LayerNorm(out_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self[3](_conv_nhwc(self[1], x))
+
+
+class PatchEmbed(nn.Sequential):
+    """v1: conv patch x patch, stride patch [0] + LN [2]. v2: conv 3x3 s2 [0] + LN [2] + GELU [4]
+    + conv 3x3 s2 [5] + LN [7]. Takes NCHW images, returns a channel-last map."""
+
+    def __init__(self, version: str, in_chans: int, dim: int, patch_size: int, norm: bool):
+        def ln(c: int) -> nn.Module:
+            return nn.LayerNorm(c) if norm else nn.Identity()
+
+        if version == "v1":
+            super().__init__(nn.Conv2d(in_chans, dim, patch_size, patch_size), _ChannelLastConv(), ln(dim))
+        elif version == "v2":
+            stride = patch_size // 2
+            kernel, pad = stride + 1, 1
+            super().__init__(nn.Conv2d(in_chans, dim // 2, kernel, stride, pad), _ChannelLastConv(),
+                             ln(dim // 2), _ChannelLastConv(), nn.GELU(),
+                             nn.Conv2d(dim // 2, dim, kernel, stride, pad), _ChannelLastConv(), ln(dim))
+        else:
+            raise ValueError(f"patch embed version {version!r} is not supported; choose v1 or v2")
+        self.version = version
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.version == "v1":
+            return self[2](self[0](x).permute(0, 2, 3, 1))
+        x = self[2](self[0](x).permute(0, 2, 3, 1))
+        x = _conv_nhwc(self[5], self[4](x))
+        return self[7](x)
+
+
+class Classifier(nn.Module):
+    """LayerNorm -> global average pool -> linear (official ``classifier.norm`` / ``.head``)."""
+
+    def __init__(self, dim: int, num_classes: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes) if num_classes > 0 else nn.Identity()
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.norm(x).permute(0, 3, 1, 2)
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+# --------------------------------------------------------------------------------------------
+# configuration
+# --------------------------------------------------------------------------------------------
+FORWARD_TYPES = {"v05_noz": False, "v3_noz": False, "v05": True, "v0": True}  # -> z gate
+
+
+@dataclass
+class VMambaConfig:
+    """The architecture, in the official VSSM constructor's vocabulary."""
+
+    depths: Sequence[int] = (2, 2, 9, 2)
+    dims: Union[int, Sequence[int]] = 96
+    ssm_d_state: int = 16
+    ssm_ratio: float = 2.0
+    ssm_dt_rank: Union[int, str] = "auto"
+    ssm_act_layer: str = "silu"
+    ssm_conv: int = 3
+    ssm_conv_bias: bool = True
+    ssm_drop_rate: float = 0.0
+    ssm_init: str = "v0"
+    forward_type: str = "v2"
+    mlp_ratio: float = 4.0
+    mlp_act_layer: str = "gelu"
+    mlp_drop_rate: float = 0.0
+    gmlp: bool = False
+    patch_norm: bool = True
+    norm_layer: str = "ln"
+    downsample_version: str = "v2"
+    patchembed_version: str = "v1"
+    use_checkpoint: bool = False
+    posembed: bool = False
+    imgsize: int = 224
+    drop_path_rate: float = 0.1
+    patch_size: int = 4
+    in_chans: int = 3
+    num_classes: int = 1000
+    scan_backend: Optional[str] = field(default=None, metadata={"tokenred": True})
+
+    def stage_dims(self) -> list[int]:
+        if isinstance(self.dims, int):
+            return [self.dims * 2 ** i for i in range(len(self.depths))]
+        return [int(d) for d in self.dims]
+
+    def validate(self) -> None:
+        def bad(what: str, allowed: str) -> ValueError:
+            return ValueError(f"VMamba config: {what}; supported: {allowed}")
+
+        if self.forward_type not in FORWARD_TYPES:
+            raise bad(f"forward_type={self.forward_type!r} is not implemented",
+                      f"{sorted(FORWARD_TYPES)} (every released checkpoint uses v05_noz or v0)")
+        if self.norm_layer not in ("ln", "ln2d"):
+            raise bad(f"norm_layer={self.norm_layer!r}", "'ln', 'ln2d' (same function)")
+        if self.downsample_version not in ("v1", "v3"):
+            raise bad(f"downsample_version={self.downsample_version!r}", "'v1', 'v3'")
+        if self.patchembed_version not in ("v1", "v2"):
+            raise bad(f"patchembed_version={self.patchembed_version!r}", "'v1', 'v2'")
+        if self.gmlp:
+            raise bad("gmlp=True is not implemented", "gmlp=False (all released models)")
+        if self.posembed:
+            raise bad("posembed=True is not implemented", "posembed=False (all released models)")
+        if self.ssm_init != "v0":
+            raise bad(f"ssm_init={self.ssm_init!r} (its parameter layout differs)", "'v0'")
+        if len(self.stage_dims()) != len(self.depths):
+            raise bad(f"{len(self.depths)} depths but {len(self.stage_dims())} dims", "one dim per stage")
+        if self.ssm_d_state < 1 or self.ssm_ratio <= 0:
+            raise bad(f"ssm_d_state={self.ssm_d_state}, ssm_ratio={self.ssm_ratio}",
+                      "d_state >= 1, ssm_ratio > 0")
+        if self.scan_backend is not None:
+            check_backend(self.scan_backend)
+
+
+_KWARG_NAMES = {f.name for f in fields(VMambaConfig)}
+#: official yaml MODEL.VSSM keys -> constructor kwargs
+_YAML_KEYS = {
+    "PATCH_SIZE": "patch_size", "IN_CHANS": "in_chans", "EMBED_DIM": "dims", "DEPTHS": "depths",
+    "SSM_D_STATE": "ssm_d_state", "SSM_RATIO": "ssm_ratio", "SSM_DT_RANK": "ssm_dt_rank",
+    "SSM_ACT_LAYER": "ssm_act_layer", "SSM_CONV": "ssm_conv", "SSM_CONV_BIAS": "ssm_conv_bias",
+    "SSM_DROP_RATE": "ssm_drop_rate", "SSM_INIT": "ssm_init", "SSM_FORWARDTYPE": "forward_type",
+    "MLP_RATIO": "mlp_ratio", "MLP_ACT_LAYER": "mlp_act_layer", "MLP_DROP_RATE": "mlp_drop_rate",
+    "GMLP": "gmlp", "PATCH_NORM": "patch_norm", "NORM_LAYER": "norm_layer",
+    "DOWNSAMPLE": "downsample_version", "PATCHEMBED": "patchembed_version", "POSEMBED": "posembed",
+}
+#: yaml keys that the official config system fills with a default when a yaml omits them; only
+#: defaults that every released config shares are assumed, the structural keys must be present
+_YAML_DEFAULTS = {"PATCH_SIZE": 4, "IN_CHANS": 3, "SSM_DT_RANK": "auto", "SSM_ACT_LAYER": "silu",
+                  "SSM_CONV": 3, "SSM_DROP_RATE": 0.0, "SSM_INIT": "v0", "MLP_ACT_LAYER": "gelu",
+                  "MLP_DROP_RATE": 0.0, "GMLP": False, "PATCH_NORM": True, "POSEMBED": False}
+_YAML_IGNORED = {"SSM_RANK_RATIO"}
+
+
+class VSSM(nn.Module):
+    """VMamba. Input NCHW images; ``forward_features`` returns the final channel-last map."""
+
+    def __init__(self, config: Optional[VMambaConfig] = None, **kwargs: Any):
+        super().__init__()
+        config = config or VMambaConfig(**kwargs)
+        config.validate()
+        self.config = config
+        dims = config.stage_dims()
+        self.num_classes = config.num_classes
+        self.num_features = dims[-1]
+        gate = FORWARD_TYPES[config.forward_type]
+        if config.forward_type == "v0":  # the official v0 path hard-codes these
+            conv, conv_bias, act = 3, True, "silu"
+        else:
+            conv, conv_bias, act = config.ssm_conv, config.ssm_conv_bias, config.ssm_act_layer
+        ssm = dict(d_state=config.ssm_d_state, ssm_ratio=config.ssm_ratio,
+                   dt_rank=config.ssm_dt_rank, act=act, d_conv=conv, conv_bias=conv_bias,
+                   gate=gate, dropout=config.ssm_drop_rate, scan_backend=config.scan_backend)
+        self.patch_embed = PatchEmbed(config.patchembed_version, config.in_chans, dims[0],
+                                      config.patch_size, config.patch_norm)
+        rates = _linspace(config.drop_path_rate, sum(config.depths))
+        self.layers = nn.ModuleList()
+        start = 0
+        for i, depth in enumerate(config.depths):
+            blocks = nn.Sequential(*[
+                VSSBlock(dims[i], rates[start + j], ssm, config.mlp_ratio, config.mlp_act_layer,
+                         config.mlp_drop_rate) for j in range(depth)])
+            start += depth
+            if i + 1 < len(config.depths):
+                down = (PatchMerging2D(dims[i], dims[i + 1]) if config.downsample_version == "v1"
+                        else ConvDownsample(dims[i], dims[i + 1]))
+            else:
+                down = nn.Identity()
+            self.layers.append(nn.Sequential(_odict(blocks=blocks, downsample=down)))
+        self.classifier = Classifier(dims[-1], config.num_classes)
+        self.apply(_init_weights)
+
+    def set_scan_backend(self, backend: Optional[str]) -> None:
+        """Pin the selective-scan backend of every block (None: the process default)."""
+        backend = check_backend(backend) if backend is not None else None
+        for m in self.modules():
+            if isinstance(m, SS2D):
+                m.scan_backend = backend
+        self.config.scan_backend = backend
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.patch_embed(x)
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.classifier(self.forward_features(x))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # 1x1-conv weights [out, in, 1, 1] (the official Linear2d) load into our linears
+        for name, param in self.named_parameters():
+            key = prefix + name
+            value = state_dict.get(key)
+            if value is not None and param.dim() == 2 and value.dim() == 4 and value.shape[2:] == (1, 1):
+                state_dict[key] = value[:, :, 0, 0]
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _linspace(end: float, count: int) -> list[float]:
+    """Stochastic-depth rates 0 .. end over ``count`` blocks (plain Python: works on meta)."""
+    return [end * i / (count - 1) if count > 1 else 0.0 for i in range(count)]
+
+
+def _odict(**items: nn.Module):
+    from collections import OrderedDict
+
+    return OrderedDict(items)
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+def from_official_config(cfg: Union[Mapping[str, Any], str, os.PathLike], **overrides: Any) -> VSSM:
+    """Build a VMamba from the official VSSM constructor kwargs, or from an official yaml config
+    (a dict with ``MODEL.VSSM`` keys, or a path to the .yaml file). ``overrides`` (our kwarg
+    names, e.g. ``num_classes=10``, ``scan_backend="torch"``) win over the config."""
+    return VSSM(official_config(cfg, **overrides))
+
+
+def official_config(cfg: Union[Mapping[str, Any], str, os.PathLike], **overrides: Any) -> VMambaConfig:
+    if isinstance(cfg, (str, os.PathLike)):
+        import yaml
+
+        with open(cfg) as fh:
+            cfg = yaml.safe_load(fh)
+    if not isinstance(cfg, Mapping):
+        raise TypeError(f"from_official_config needs a dict or a yaml path, got {type(cfg).__name__}")
+    if "MODEL" in cfg:
+        kwargs = _kwargs_from_yaml(cfg)
+    else:
+        kwargs = dict(cfg)
+    kwargs.update(overrides)
+    unknown = sorted(set(kwargs) - _KWARG_NAMES)
+    if unknown:
+        raise ValueError(f"unknown VSSM argument(s) {unknown}; known: {sorted(_KWARG_NAMES)}")
+    for key in ("norm_layer", "ssm_act_layer", "mlp_act_layer", "forward_type"):
+        if isinstance(kwargs.get(key), str):
+            kwargs[key] = kwargs[key].lower()
+    return VMambaConfig(**kwargs)
+
+
+def _kwargs_from_yaml(cfg: Mapping[str, Any]) -> dict:
+    model = cfg["MODEL"]
+    model_type = str(model.get("TYPE", "vssm")).lower()
+    if model_type not in ("vssm", "vmamba"):
+        raise ValueError(f"MODEL.TYPE={model_type!r} is not a VMamba config")
+    vssm = dict(model.get("VSSM") or {})
+    unknown = sorted(set(vssm) - set(_YAML_KEYS) - _YAML_IGNORED)
+    if unknown:
+        raise ValueError(f"unknown MODEL.VSSM key(s) {unknown}; known: {sorted(_YAML_KEYS)}")
+    for key, default in _YAML_DEFAULTS.items():
+        vssm.setdefault(key, default)
+    missing = sorted(set(_YAML_KEYS) - set(vssm))
+    if missing:
+        raise ValueError(f"MODEL.VSSM lacks {missing}: these have no default shared by all "
+                         f"released configs, so they must be given")
+    kwargs = {_YAML_KEYS[k]: v for k, v in vssm.items() if k in _YAML_KEYS}
+    kwargs["num_classes"] = int(model.get("NUM_CLASSES", 1000))
+    kwargs["drop_path_rate"] = float(model.get("DROP_PATH_RATE", 0.1))
+    img = (cfg.get("DATA") or {}).get("IMG_SIZE")
+    if img is not None:
+        kwargs["imgsize"] = int(img)
+    return kwargs
+
+
+# --------------------------------------------------------------------------------------------
+# checkpoints
+# --------------------------------------------------------------------------------------------
+_OLD_NAMES = [  # the January 2024 (v0-era) names, renamed as the official loader does
+    (re.compile(r"^patch_embed\.proj\."), "patch_embed.0."),
+    (re.compile(r"^patch_embed\.norm\."), "patch_embed.2."),
+    (re.compile(r"^(layers\.\d+\.blocks\.\d+)\.ln_1\."), r"\1.norm."),
+    (re.compile(r"^(layers\.\d+\.blocks\.\d+)\.self_attention\."), r"\1.op."),
+    (re.compile(r"^norm\."), "classifier.norm."),
+    (re.compile(r"^head\."), "classifier.head."),
+]
+
+
+def remap_official_state_dict(state: Mapping[str, Tensor], model: Optional[nn.Module] = None) -> dict:
+    """Official VMamba checkpoint keys -> ours: old v0-era names renamed, 1x1-conv weights
+    [out, in, 1, 1] reshaped to linear weights."""
+    out = {}
+    for key, value in state.items():
+        for pattern, repl in _OLD_NAMES:
+            key = pattern.sub(repl, key)
+        out[key] = value
+    if model is not None:
+        own = model.state_dict()
+        for key, value in out.items():
+            if key in own and own[key].dim() == 2 and value.dim() == 4 and value.shape[2:] == (1, 1):
+                out[key] = value[:, :, 0, 0]
+    return out
+
+
+register_checkpoint_filter(VSSM, remap_official_state_dict)
+
+#: official release files (GitHub release assets of MzeroMiko/VMamba)
+_RELEASE = "https://github.com/MzeroMiko/VMamba/releases/download/"
+_URLS = {
+    "vmamba_tiny_s1l8": _RELEASE + "%23v2cls/vssm1_tiny_0230s_ckpt_epoch_264.pth",
+    "vmamba_small_s1l20": _RELEASE + "%23v2cls/vssm1_small_0229s_ckpt_epoch_240.pth",
+    "vmamba_base_s1l20": _RELEASE + "%23v2cls/vssm1_base_0229s_ckpt_epoch_225.pth",
+    "vmamba_tiny_s2l5": _RELEASE + "%23v2cls/vssm_tiny_0230_ckpt_epoch_262.pth",
+    "vmamba_small_s2l15": _RELEASE + "%23v2cls/vssm_small_0229_ckpt_epoch_222.pth",
+    "vmamba_base_s2l15": _RELEASE + "%23v2cls/vssm_base_0229_ckpt_epoch_237.pth",
+    "vmamba_tiny_v0": _RELEASE + "%23v0cls/vssmtiny_dp01_ckpt_epoch_292.pth",
+    "vmamba_small_v0": _RELEASE + "%23v0cls/vssmsmall_dp03_ckpt_epoch_238.pth",
+    "vmamba_base_v0": _RELEASE + "%23v0cls/vssmbase_dp06_ckpt_epoch_241.pth",
+}
+
+
+def fetch_pretrained(model: nn.Module, name: str, url: str) -> None:
+    """Download ``url`` into torch hub's cache (once) and load it strictly."""
+    path = os.path.join(torch.hub.get_dir(), "checkpoints", url.rsplit("/", 1)[-1])
+    if not os.path.isfile(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, path, progress=False)
+        except Exception as exc:
+            raise CheckpointError(f"could not download pretrained weights for {name!r} from {url} "
+                                  f"({type(exc).__name__}: {exc}); download the file elsewhere and "
+                                  f"pass checkpoint=PATH (CLI: --checkpoint {name}=PATH)") from exc
+    load_checkpoint(model, path)
+
+
+# --------------------------------------------------------------------------------------------
+# named models
+# --------------------------------------------------------------------------------------------
+_V2 = dict(ssm_d_state=1, ssm_dt_rank="auto", ssm_act_layer="silu", ssm_conv=3,
+           ssm_conv_bias=False, ssm_drop_rate=0.0, ssm_init="v0", forward_type="v05_noz",
+           mlp_ratio=4.0, mlp_act_layer="gelu", mlp_drop_rate=0.0, gmlp=False, patch_norm=True,
+           norm_layer="ln2d", downsample_version="v3", patchembed_version="v2")
+_V0 = dict(ssm_d_state=16, ssm_ratio=2.0, ssm_dt_rank="auto", ssm_act_layer="silu", ssm_conv=3,
+           ssm_conv_bias=True, ssm_drop_rate=0.0, ssm_init="v0", forward_type="v0",
+           mlp_ratio=0.0, gmlp=False, patch_norm=True, norm_layer="ln", downsample_version="v1",
+           patchembed_version="v1")
+CONFIGS: dict[str, dict] = {
+    "vmamba_tiny_s1l8": dict(_V2, depths=[2, 2, 8, 2], dims=96, ssm_ratio=1.0, drop_path_rate=0.2),
+    "vmamba_small_s1l20": dict(_V2, depths=[2, 2, 20, 2], dims=96, ssm_ratio=1.0, drop_path_rate=0.3),
+    "vmamba_base_s1l20": dict(_V2, depths=[2, 2, 20, 2], dims=128, ssm_ratio=1.0, drop_path_rate=0.5),
+    "vmamba_tiny_s2l5": dict(_V2, depths=[2, 2, 5, 2], dims=96, ssm_ratio=2.0, drop_path_rate=0.2),
+    "vmamba_small_s2l15": dict(_V2, depths=[2, 2, 15, 2], dims=96, ssm_ratio=2.0, drop_path_rate=0.3),
+    "vmamba_base_s2l15": dict(_V2, depths=[2, 2, 15, 2], dims=128, ssm_ratio=2.0, drop_path_rate=0.6),
+    "vmamba_tiny_v0": dict(_V0, depths=[2, 2, 9, 2], dims=96, drop_path_rate=0.2),
+    "vmamba_small_v0": dict(_V0, depths=[2, 2, 27, 2], dims=96, drop_path_rate=0.3),
+    "vmamba_base_v0": dict(_V0, depths=[2, 2, 27, 2], dims=128, drop_path_rate=0.6),
+}
+_DOCS = {
+    "vmamba_tiny_s1l8": "VMamba-T[s1l8] (v2; 30.2M params, 4.91 GFLOPs, 82.6% top-1)",
+    "vmamba_small_s1l20": "VMamba-S[s1l20] (v2; 49.0M, 8.61 G, 83.3%)",
+    "vmamba_base_s1l20": "VMamba-B[s1l20] (v2; 86.6M, 15.22 G, 83.8%)",
+    "vmamba_tiny_s2l5": "VMamba-T[s2l5] (v2; 30.7M, 4.86 G, 82.5%)",
+    "vmamba_small_s2l15": "VMamba-S[s2l15] (v2; 50.1M, 8.72 G, 83.6%)",
+    "vmamba_base_s2l15": "VMamba-B[s2l15] (v2; 88.6M, 15.36 G, 83.9%)",
+    "vmamba_tiny_v0": "Vanilla-VMamba-T (v0; 22.9M, 5.63 G, 82.2%)",
+    "vmamba_small_v0": "Vanilla-VMamba-S (v0; 44.4M, 11.23 G, 83.5%)",
+    "vmamba_base_v0": "Vanilla-VMamba-B (v0; 76.3M, 18.02 G, 83.7%)",
+}
+
+
+def _make_factory(name: str) -> Callable[..., VSSM]:
+    def factory(pretrained: bool = False, **kwargs: Any) -> VSSM:
+        model = VSSM(VMambaConfig(**{**CONFIGS[name], **kwargs}))
+        if pretrained:
+            fetch_pretrained(model, name, _URLS[name])
+        return model
+
+    factory.__name__ = name
+    factory.__doc__ = _DOCS[name]
+    return factory
+
+
+for _name in CONFIGS:
+    register_backbone(_name, family="vmamba", doc=_DOCS[_name])(_make_factory(_name))
+
+
+# --------------------------------------------------------------------------------------------
+# sites
+# --------------------------------------------------------------------------------------------
+class GridState:
+    """Token counts of the last forward: site name -> tokens entering that site's scan."""
+
+    def __init__(self) -> None:
+        self.tokens: dict[str, int] = {}
+
+
+class GridInstallation:
+    def __init__(self, reducer: Any, chosen: Sequence[tuple[Site, SS2D]]):
+        self.state = GridState()
+        self._mixers = [m for _, m in chosen]
+        for index, (site, mixer) in enumerate(chosen):
+            ctx = GridContext(site, index, len(chosen))
+            mixer.grid_hook = self._hook(reducer, ctx)
+
+    def _hook(self, reducer: Any, ctx: GridContext) -> Callable[[Tensor], Tensor]:
+        tokens = self.state.tokens
+
+        def hook(x: Tensor) -> Tensor:
+            tokens[ctx.site.name] = x.shape[1] * x.shape[2]
+            return reducer.reduce_grid(x, ctx)
+
+        return hook
+
+    def remove(self) -> None:
+        for mixer in self._mixers:
+            mixer.grid_hook = None
+        self._mixers = []
+
+
+class GridAdapter:
+    """Sites of any model whose mixers are ``SS2D`` modules under ``layers.<i>.blocks.<j>``."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self._sites: list[tuple[Site, SS2D]] = []
+        block = 0
+        for name, module in model.named_modules():
+            if isinstance(module, SS2D):
+                match = re.match(r"layers\.(\d+)\.blocks\.(\d+)\.", name)
+                if match is None:
+                    continue
+                stage, j = int(match.group(1)), int(match.group(2))
+                site_name = name.rsplit(".", 1)[0]
+                self._sites.append((Site(site_name, "grid", stage, block, j), module))
+                block += 1
+
+    def sites(self) -> list[Site]:
+        return [s for s, _ in self._sites]
+
+    def install(self, reducer: Any, sites: Sequence[Site]) -> GridInstallation:
+        wanted = {s.name for s in sites}
+        busy = [s.name for s, m in self._sites if s.name in wanted and m.grid_hook is not None]
+        if busy:
+            raise RuntimeError(f"grid site(s) {busy} already have a hook installed")
+        return GridInstallation(reducer, [(s, m) for s, m in self._sites if s.name in wanted])
+
+
+register_site_adapter(VSSM, GridAdapter)
+
+__all__ = ["VSSM", "VMambaConfig", "SS2D", "VSSBlock", "PatchMerging2D", "from_official_config",
+           "official_config", "remap_official_state_dict", "CONFIGS", "GridAdapter"]

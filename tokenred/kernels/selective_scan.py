@@ -1,0 +1,399 @@
+"""The selective scan (Mamba's S6) that VMamba and MedMamba run after their 2D cross-scan.
+
+Math, per channel d (its group g = d // (D/G)) and time t, with h_0 = 0:
+
+    Δ_t = softplus(δ_t + δ_bias)          (softplus only if ``delta_softplus``)
+    h_t = exp(Δ_t A_d) ⊙ h_{t-1} + Δ_t u_t B_{g,t}     h_t ∈ R^N
+    y_t = <C_{g,t}, h_t> + D_d u_t          then y_t *= silu(z_t) if z is given
+
+Backends (``backend=`` or ``set_default_backend``):
+
+* ``torch`` — pure PyTorch, any device. A chunked scan: the sequence is cut into chunks of T steps;
+  every chunk is scanned from a zero state at once (T vectorised steps, time-major so each step is
+  one contiguous in-place multiply-add); the decay products inside each chunk are cumulative
+  products of factors in (0, 1] (log-space segment sums, exponentiated: nothing can overflow, and
+  no ratio of decays is ever formed); the states entering each chunk come from the same recurrence
+  one level up, on the chunk-end states (recursively); a last multiply-add corrects every step.
+  Exact up to float32 rounding for any length and any chunk size.
+* ``reference`` — the plain sequential loop over time, vectorised over channels (the pattern of
+  mamba_ssm's ``selective_scan_ref`` and of VMamba's CPU fallback). For tests and benchmarks.
+* ``mamba_ssm`` — ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn`` (CUDA only).
+
+``backend=None`` (the default) means ``auto``: ``mamba_ssm`` for CUDA tensors when that package is
+importable, ``torch`` otherwise.
+
+Inference runs through one custom op, ``tokenred::selective_scan``, so that FLOP counters see the
+scan as one operation and count it with VMamba's formula 9·B·L·D·N + B·D·L (D = K·d_inner): see
+``tokenred/flops.py``. When gradients are needed the differentiable reference loop runs instead
+(slow; post-training token reduction never needs it).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+BACKENDS = ("auto", "torch", "reference", "mamba_ssm")
+_default_backend = "auto"
+
+#: chunk length of the ``torch`` backend (speed only: results do not depend on it)
+DEFAULT_CHUNK = 16
+#: elements of one [L, B, D, N] working tensor above which the batch is processed in slices
+_MAX_WORK_ELEMENTS = 1 << 27
+
+
+class ScanBackendError(RuntimeError):
+    """The requested scan backend cannot run here (not installed, wrong device, unknown name)."""
+
+
+def check_backend(name: Optional[str]) -> str:
+    name = "auto" if name is None else name
+    if name not in BACKENDS:
+        raise ScanBackendError(f"unknown selective-scan backend {name!r}; choose one of {BACKENDS}")
+    return name
+
+
+def set_default_backend(name: Optional[str]) -> str:
+    """Set the process-wide default backend (used where a model does not pin one); returns the
+    previous default."""
+    global _default_backend
+    previous, _default_backend = _default_backend, check_backend(name)
+    return previous
+
+
+def get_default_backend() -> str:
+    return _default_backend
+
+
+def mamba_ssm_available() -> bool:
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn  # noqa: F401
+    except Exception:  # ImportError, or a build that fails at import (missing libcudart, ...)
+        return False
+    return True
+
+
+def resolve_backend(name: Optional[str], device: torch.device) -> str:
+    """The concrete backend ``name`` stands for on ``device``; explicit choices that cannot run
+    raise ``ScanBackendError``."""
+    name = check_backend(name if name is not None else _default_backend)
+    if name == "auto":
+        return "mamba_ssm" if device.type == "cuda" and mamba_ssm_available() else "torch"
+    if name == "mamba_ssm":
+        if device.type != "cuda":
+            raise ScanBackendError(f"scan backend 'mamba_ssm' runs on CUDA tensors only, got "
+                                   f"{device.type}; use 'torch' (any device)")
+        if not mamba_ssm_available():
+            raise ScanBackendError("scan backend 'mamba_ssm' requested but mamba_ssm is not "
+                                   "importable (pip install mamba-ssm --no-build-isolation); "
+                                   "'torch' runs everywhere")
+    return name
+
+
+# --------------------------------------------------------------------------------------------
+# argument checks
+# --------------------------------------------------------------------------------------------
+def _check_shapes(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Optional[Tensor],
+                  z: Optional[Tensor], delta_bias: Optional[Tensor]) -> None:
+    if u.dim() != 3:
+        raise ValueError(f"selective_scan: u must be [batch, channels, length], got {tuple(u.shape)}")
+    batch, dim, length = u.shape
+    if delta.shape != u.shape:
+        raise ValueError(f"selective_scan: delta {tuple(delta.shape)} must match u {tuple(u.shape)}")
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"selective_scan: A must be [channels={dim}, d_state], got {tuple(A.shape)}")
+    n = A.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        if t.dim() == 2:
+            ok = t.shape == (dim, n)
+        elif t.dim() == 3:
+            ok = t.shape == (batch, n, length)
+        elif t.dim() == 4:
+            ok = t.shape[0] == batch and t.shape[2:] == (n, length) and dim % t.shape[1] == 0
+        else:
+            ok = False
+        if not ok:
+            raise ValueError(f"selective_scan: {name} must be [channels, d_state], [batch, d_state, "
+                             f"length] or [batch, groups, d_state, length] with groups dividing "
+                             f"{dim} channels; got {tuple(t.shape)} (u {tuple(u.shape)}, d_state {n})")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and t.shape != (dim,):
+            raise ValueError(f"selective_scan: {name} must be [channels={dim}], got {tuple(t.shape)}")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"selective_scan: z {tuple(z.shape)} must match u {tuple(u.shape)}")
+    if A.is_complex():
+        raise ValueError("selective_scan: complex A is not supported (VMamba/MedMamba use real A)")
+
+
+def _compute_dtype(u: Tensor) -> torch.dtype:
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+def _grouped(t: Tensor) -> Tensor:
+    """B or C as [batch, groups, N, L] (a [batch, N, L] tensor is one group)."""
+    return t.unsqueeze(1) if t.dim() == 3 else t
+
+
+def _finish(y: Tensor, u: Tensor, D: Optional[Tensor], z: Optional[Tensor]) -> Tensor:
+    if D is not None:
+        y = y + u * D.to(y.dtype)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    return y
+
+
+def _delta(delta: Tensor, delta_bias: Optional[Tensor], softplus: bool, dtype: torch.dtype) -> Tensor:
+    dt = delta.to(dtype)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(dtype)[:, None]
+    return F.softplus(dt) if softplus else dt
+
+
+# --------------------------------------------------------------------------------------------
+# reference: the sequential loop
+# --------------------------------------------------------------------------------------------
+def scan_reference(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                   D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+                   delta_bias: Optional[Tensor] = None, delta_softplus: bool = False) -> Tensor:
+    """One step per time index, vectorised over batch and channels; out-of-place, so autograd can
+    differentiate through it. Computes in float64 when ``u`` is float64, float32 otherwise."""
+    ct = _compute_dtype(u)
+    batch, dim, length = u.shape
+    uu = u.to(ct)
+    dt = _delta(delta, delta_bias, delta_softplus, ct)
+    a = A.to(ct)
+    decay = torch.exp(dt.unsqueeze(-1) * a[:, None, :])                    # [b, d, L, N]
+    if B.dim() == 2:
+        drive = (dt * uu).unsqueeze(-1) * B.to(ct)[:, None, :]
+    else:
+        bg = _grouped(B).to(ct)
+        bg = bg.repeat_interleave(dim // bg.shape[1], dim=1)                # [b, d, N, L]
+        drive = (dt * uu).unsqueeze(-1) * bg.transpose(-1, -2)
+    if C.dim() == 2:
+        cc = C.to(ct)[None, :, None, :].expand(batch, dim, length, -1)
+    else:
+        cg = _grouped(C).to(ct)
+        cc = cg.repeat_interleave(dim // cg.shape[1], dim=1).transpose(-1, -2)  # [b, d, L, N]
+    h = torch.zeros(batch, dim, A.shape[1], dtype=ct, device=u.device)
+    ys = []
+    for t in range(length):
+        h = decay[:, :, t] * h + drive[:, :, t]
+        ys.append((h * cc[:, :, t]).sum(-1))
+    y = torch.stack(ys, dim=-1) if ys else uu.new_zeros(batch, dim, 0)
+    return _finish(y, uu, D, z)
+
+
+# --------------------------------------------------------------------------------------------
+# torch: the chunked scan
+# --------------------------------------------------------------------------------------------
+def _recurrence_(a: Tensor, h: Tensor, chunk: int) -> Tensor:
+    """h_t = a_t h_{t-1} + h_t along dim 0, in place; returns ``h``.
+
+    ``a`` holds decays in (0, 1] and is overwritten. Tensors are time-major, so every step is a
+    contiguous slab, and the chunks are plain views ([n_chunks, T, ...]) of the same memory."""
+    length = a.shape[0]
+    n_chunks = length // chunk
+    if n_chunks <= 1:
+        for t in range(1, length):
+            h[t].addcmul_(a[t], h[t - 1])
+        return h
+    body = n_chunks * chunk
+    rest = a.shape[1:]
+    ac = a[:body].view((n_chunks, chunk) + rest)
+    hc = h[:body].view((n_chunks, chunk) + rest)
+    for tau in range(1, chunk):          # every chunk from a zero state, all chunks at once
+        hc[:, tau].addcmul_(ac[:, tau], hc[:, tau - 1])
+    ac.cumprod_(1)                       # decay since each chunk's start: products of (0, 1]
+    # the state at the end of each chunk: the same recurrence one level up, over chunk ends
+    ends = _recurrence_(ac[:, -1].clone(), hc[:, -1].clone(), chunk)
+    hc[1:].addcmul_(ac[1:], ends[:-1].unsqueeze(1))
+    for t in range(body, length):        # the tail shorter than a chunk
+        h[t].addcmul_(a[t], h[t - 1])
+    return h
+
+
+def scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+               D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+               delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
+               chunk: int = DEFAULT_CHUNK) -> Tensor:
+    """The chunked scan (see the module docstring). No autograd (it works in place)."""
+    if chunk < 2:
+        raise ValueError(f"chunk must be >= 2, got {chunk}")
+    batch, dim, length = u.shape
+    n = A.shape[1]
+    per_sample = length * dim * n
+    if batch > 1 and batch * per_sample > _MAX_WORK_ELEMENTS:
+        step = max(1, _MAX_WORK_ELEMENTS // per_sample)
+        pieces = []
+        for s in range(0, batch, step):
+            sl = slice(s, s + step)
+            pieces.append(scan_torch(
+                u[sl], delta[sl], A, B if B.dim() == 2 else B[sl], C if C.dim() == 2 else C[sl],
+                D, None if z is None else z[sl], delta_bias, delta_softplus, chunk))
+        return torch.cat(pieces)
+
+    ct = _compute_dtype(u)
+    with torch.no_grad():
+        # time-major [L, b, d]: each time step is one contiguous slab. Free when the caller hands
+        # over permuted views of time-major tensors (as the VMamba backbones do).
+        dt = delta.permute(2, 0, 1).to(ct).contiguous()
+        if delta_bias is not None:
+            dt = dt + delta_bias.to(ct)
+        if delta_softplus:
+            dt = _softplus(dt)
+        u_t = u.permute(2, 0, 1).to(ct).contiguous()
+        a = A.to(ct)
+        Bt, Ct = _time_major(B, ct), _time_major(C, ct)                     # [L|1, b|1, G, 1, N]
+        groups = Bt.shape[2]
+        grouped = (length, batch, groups, dim // groups)
+        if n == 1:
+            decay = torch.mul(dt, a[:, 0]).exp_()                           # [L, b, d]
+            drive = torch.mul(dt, u_t)
+            drive.view(grouped).mul_(Bt[..., 0])
+            h = _recurrence_(decay, drive, chunk)
+            h.view(grouped).mul_(Ct[..., 0])
+            y = h
+        else:
+            decay = torch.mul(dt.unsqueeze(-1), a).exp_()                   # [L, b, d, N]
+            drive = (torch.mul(dt, u_t).view(grouped).unsqueeze(-1) * Bt).view(length, batch, dim, n)
+            h = _recurrence_(decay, drive, chunk)
+            y = (h.view(grouped + (n,)) * Ct).sum(-1).view(length, batch, dim)
+        if D is not None:
+            y.addcmul_(u_t, D.to(ct))
+        if z is not None:
+            y.mul_(F.silu(z.permute(2, 0, 1).to(ct)))
+        return y.permute(1, 2, 0)                                           # [b, d, L] view
+
+
+def _softplus(x: Tensor) -> Tensor:
+    """softplus with torch's threshold (x > 20 -> x) as log(1 + exp(x)): within 3e-7 of
+    F.softplus in absolute terms, and several times faster in float32 on CPU, where torch's
+    log1p is not vectorised."""
+    over = (x - 20).clamp_(min=0)
+    return x.clamp(max=20).exp_().add_(1).log_().add_(over)
+
+
+def _time_major(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """B or C as [L, b, G, 1, N] (time-varying) or [1, 1, G=D, 1, N] (constant [D, N])."""
+    if t.dim() == 2:
+        return t.to(dtype)[None, None, :, None, :]
+    return _grouped(t).to(dtype).permute(3, 0, 1, 2).unsqueeze(3).contiguous()
+
+
+# --------------------------------------------------------------------------------------------
+# mamba_ssm
+# --------------------------------------------------------------------------------------------
+def scan_mamba_ssm(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                   D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+                   delta_bias: Optional[Tensor] = None, delta_softplus: bool = False) -> Tensor:
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    out = selective_scan_fn(u.contiguous(), delta.contiguous(), A.float().contiguous(),
+                            B.contiguous(), C.contiguous(),
+                            None if D is None else D.float().contiguous(),
+                            None if z is None else z.contiguous(),
+                            None if delta_bias is None else delta_bias.float().contiguous(),
+                            delta_softplus)
+    return out.float()
+
+
+_IMPLEMENTATIONS = {"torch": scan_torch, "reference": scan_reference, "mamba_ssm": scan_mamba_ssm}
+
+
+# --------------------------------------------------------------------------------------------
+# the custom op and the public function
+# --------------------------------------------------------------------------------------------
+@torch.library.custom_op("tokenred::selective_scan", mutates_args=())
+def _selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                       D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
+                       delta_softplus: bool, backend: str) -> Tensor:
+    return _IMPLEMENTATIONS[backend](u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
+@_selective_scan_op.register_fake
+def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
+    return u.new_empty(u.shape, dtype=_compute_dtype(u))
+
+
+_warned_grad = False
+
+
+def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                   D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+                   delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
+                   backend: Optional[str] = None) -> Tensor:
+    """The selective scan with mamba_ssm's argument shapes.
+
+    u, delta: [batch, D, L]; A: [D, N]; B, C: [batch, G, N, L] (G groups of D/G channels; VMamba
+    uses G = 4 directions), [batch, N, L] or [D, N]; D, delta_bias: [D]; z: [batch, D, L].
+    Returns float32 [batch, D, L] (float64 if ``u`` is float64). ``backend``: ``None``/``"auto"``,
+    ``"torch"``, ``"reference"`` or ``"mamba_ssm"`` (see the module docstring).
+    """
+    _check_shapes(u, delta, A, B, C, D, z, delta_bias)
+    name = resolve_backend(backend, u.device)
+    # (a jit trace, as fvcore's counter takes, must record the one op, not an unrolled loop)
+    needs_grad = torch.is_grad_enabled() and not torch.jit.is_tracing() and any(
+        t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
+    if needs_grad and name != "mamba_ssm":
+        global _warned_grad
+        if not _warned_grad:
+            _warned_grad = True
+            warnings.warn("tokenred selective_scan: gradients requested; running the "
+                          "differentiable sequential reference loop (slow). The fast 'torch' "
+                          "backend is inference-only.", stacklevel=2)
+        return scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if needs_grad:  # mamba_ssm's function has its own autograd
+        return scan_mamba_ssm(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return _selective_scan_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, name)
+
+
+# --------------------------------------------------------------------------------------------
+# FLOPs: VMamba's formula, for fvcore (via tokenred.flops) and torch.utils.flop_counter
+# --------------------------------------------------------------------------------------------
+def scan_macs(batch: int, length: int, dim: int, d_state: int, with_d: bool = True,
+              with_z: bool = False) -> int:
+    """VMamba's count for one selective scan (MAC convention): 9·B·L·D·N + B·D·L (the D skip)
+    + B·D·L more with a z gate."""
+    return 9 * batch * length * dim * d_state + (batch * dim * length if with_d else 0) \
+        + (batch * dim * length if with_z else 0)
+
+
+def _fvcore_handle(inputs: list, outputs: list) -> int:
+    from fvcore.nn.jit_handles import get_shape
+
+    batch, dim, length = get_shape(inputs[0])
+    d_state = get_shape(inputs[2])[1]
+
+    def given(v) -> bool:
+        return not isinstance(v.type(), torch._C.NoneType)
+
+    return scan_macs(batch, length, dim, d_state, with_d=given(inputs[5]), with_z=given(inputs[6]))
+
+
+def _flop_counter_formula(u_shape, delta_shape, A_shape, B_shape, C_shape, D_shape, z_shape,
+                          delta_bias_shape, delta_softplus, backend, out_shape=None, **kwargs) -> int:
+    # torch.utils.flop_counter counts FLOPs as 2 x MACs (a matmul of m·n·k counts 2·m·n·k)
+    batch, dim, length = u_shape
+    return 2 * scan_macs(batch, length, dim, A_shape[1], with_d=D_shape is not None,
+                         with_z=z_shape is not None)
+
+
+def _register_flop_rules() -> None:
+    from ..flops import register_flop_handle
+
+    register_flop_handle("tokenred::selective_scan", _fvcore_handle)
+    try:
+        from torch.utils.flop_counter import register_flop_formula
+        register_flop_formula(torch.ops.tokenred.selective_scan)(_flop_counter_formula)
+    except (ImportError, AttributeError):  # older torch: fvcore counting still works
+        pass
+
+
+_register_flop_rules()
+
+__all__ = ["selective_scan", "scan_torch", "scan_reference", "scan_mamba_ssm", "scan_macs",
+           "BACKENDS", "ScanBackendError", "set_default_backend", "get_default_backend",
+           "resolve_backend", "mamba_ssm_available", "DEFAULT_CHUNK"]
