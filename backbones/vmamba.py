@@ -116,8 +116,8 @@ class SS2D(nn.Module):
         length, k, n, rank = height * width, K_DIRECTIONS, self.d_state, self.dt_rank
         # the four directions, time-major [L, B, K, D]: row-major, column-major, both reversed
         xs = x.new_empty(length, batch, k, dim)
-        xs[:, :, 0] = x.reshape(batch, length, dim).transpose(0, 1)
-        xs[:, :, 1] = x.transpose(1, 2).reshape(batch, length, dim).transpose(0, 1)
+        xs[:, :, 0].view(height, width, batch, dim).copy_(x.permute(1, 2, 0, 3))
+        xs[:, :, 1].view(width, height, batch, dim).copy_(x.permute(2, 1, 0, 3))
         xs[:, :, 2:] = xs[:, :, :2].flip(0)
         # per-direction projections as one batched matmul over directions: [K, L*B, .]
         seq = xs.view(length * batch, k, dim).transpose(0, 1)
@@ -126,7 +126,9 @@ class SS2D(nn.Module):
         bs = x_dbl[..., rank:rank + n].view(k, length, batch, n).permute(2, 0, 3, 1)
         cs = x_dbl[..., rank + n:].view(k, length, batch, n).permute(2, 0, 3, 1)
         u = xs.view(length, batch, k * dim).permute(1, 2, 0)                # [B, KD, L] view
-        delta = dts.view(k, length, batch, dim).permute(2, 0, 3, 1).reshape(batch, k * dim, length)
+        # time-major [L, B, K*D] storage, handed over as a [B, KD, L] view (no copy in the scan)
+        delta = dts.view(k, length, batch, dim).permute(1, 2, 0, 3).reshape(
+            length, batch, k * dim).permute(1, 2, 0)
         y = selective_scan(u, delta, -torch.exp(self.A_logs.float()), bs, cs, self.Ds.float(),
                            None, self.dt_projs_bias.float().view(-1), True, self.scan_backend)
         y = y.permute(2, 0, 1).reshape(length, batch, k, dim).to(x.dtype)   # time-major again

@@ -13,6 +13,11 @@ from .sites import Site, adapter_for, select_sites
 _INSTALLED_ATTR = "_tokenred_handle"
 
 
+class UnsupportedSiteKindError(ValueError):
+    """The method serves none of the site kinds the model has (e.g. a sequence-only method on
+    VMamba, whose sites are grids)."""
+
+
 class Handle:
     """Returned by ``tokenred.apply``. A context manager; ``remove()`` restores the model exactly.
 
@@ -90,8 +95,8 @@ def apply(model: nn.Module, method: Union[str, Reducer], where: Any = None, **pa
     served = [s for s in all_sites if s.kind in reducer.kinds]
     if not served:
         kinds = sorted({s.kind for s in all_sites})
-        raise ValueError(f"method {reducer.name!r} serves {sorted(reducer.kinds)} sites but "
-                         f"{type(model).__name__} only has {kinds} sites")
+        raise UnsupportedSiteKindError(f"method {reducer.name!r} serves {sorted(reducer.kinds)} "
+                                       f"sites but {type(model).__name__} only has {kinds} sites")
     if where is None:
         chosen = reducer.default_sites(served)
     else:

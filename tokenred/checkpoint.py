@@ -6,8 +6,10 @@ and shapes to its own, like timm's ``checkpoint_filter_fn``.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
@@ -63,7 +65,8 @@ def read_state_dict(path: str | os.PathLike, prefer_ema: bool = False) -> dict[s
         obj: Any = load_file(path, device="cpu")
     else:
         try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
+            with _config_objects_as_dicts():
+                obj = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # weights_only refuses arbitrary pickles: say so plainly
             raise CheckpointError(f"{path}: cannot be read safely with torch.load(weights_only=True) "
                                   f"({type(exc).__name__}: {exc})") from None
@@ -80,6 +83,25 @@ def read_state_dict(path: str | os.PathLike, prefer_ema: bool = False) -> dict[s
     if state and all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
         state = {k[len("module."):]: v for k, v in state.items()}
     return state
+
+
+#: classes that training scripts pickle beside the weights (the config object in VMamba's and
+#: Swin's checkpoint containers); read as plain dicts of their items, never constructed
+_CONFIG_CLASSES = ("yacs.config.CfgNode",)
+
+
+class _PlainDict:
+    # weights_only unpickling allows SETITEMS/BUILD on OrderedDict, so a foreign config object
+    # is rebuilt as one: its items and attributes become plain data, no foreign code runs
+    def __new__(cls, *args: Any, **kwargs: Any) -> "OrderedDict":
+        return OrderedDict()
+
+
+def _config_objects_as_dicts():
+    try:
+        return torch.serialization.safe_globals([(_PlainDict, name) for name in _CONFIG_CLASSES])
+    except (AttributeError, TypeError):  # torch < 2.5: no name-mapped allowlist
+        return contextlib.nullcontext()
 
 
 def _is_tensor_dict(obj: Mapping) -> bool:

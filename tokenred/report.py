@@ -62,6 +62,8 @@ def markdown_table(df: pd.DataFrame) -> str:
                     cells.append(_cell(row[key], fmt))
             lines.append("| " + " | ".join(cells) + " |")
         parts.append("\n".join(lines) + "\n")
+    for gap in df.attrs.get("skipped", []):
+        parts.append(f"Not run: `{gap['method']}` on {gap['backbone']} ({gap['reason']}).\n")
     env = df.iloc[0]
     parts.append(f"Environment: {env['device_name']} ({env['device']}), {env['threads']} threads, "
                  f"torch {env['torch']}, timm {env['timm']}, tokenred {env['tokenred']}. "
