@@ -98,14 +98,20 @@ class MedMamba(nn.Module):
                 m.scan_backend = backend
 
     def forward_features(self, x: Tensor) -> Tensor:
+        return self.forward_stages(x)[-1]
+
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
+        """Channel-last output of every stage, each after its downsample."""
         x = self.patch_embed.proj(x).permute(0, 2, 3, 1)
         x = self.pos_drop(self.patch_embed.norm(x))
+        outs = []
         for stage in self.layers:
             for block in stage.blocks:
                 x = block(x)
             if stage.downsample is not None:
                 x = stage.downsample(x)
-        return x
+            outs.append(x)
+        return outs
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.forward_features(x).permute(0, 3, 1, 2)

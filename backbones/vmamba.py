@@ -393,10 +393,17 @@ class VSSM(nn.Module):
         self.config.scan_backend = backend
 
     def forward_features(self, x: Tensor) -> Tensor:
+        return self.forward_stages(x)[-1]
+
+    def forward_stages(self, x: Tensor) -> list[Tensor]:
+        """Channel-last output of every stage, each after its downsample (the official
+        ``layers[i]`` outputs)."""
         x = self.patch_embed(x)
+        outs = []
         for layer in self.layers:
             x = layer(x)
-        return x
+            outs.append(x)
+        return outs
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.forward_features(x))

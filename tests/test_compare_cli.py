@@ -102,12 +102,17 @@ def test_cli_checkpoint_flag(tmp_path, capsys):
 
 
 def test_embedded_default_end_to_end(tmp_path, capsys):
-    """`tokenred compare` with no arguments: DeiT-S, none / tome:r=13 / random_drop, CPU."""
+    """`tokenred compare` with no arguments: DeiT-S with none / tome:r=13 / random_drop and
+    VMamba-T[s1l8] with none (the sequence-only methods are reported as not run there), CPU."""
     assert main(["compare", "--out", str(tmp_path), "--no-progress"]) == 0
     df = pd.read_csv(tmp_path / "results.csv")
-    assert list(df["backbone"].unique()) == ["deit_small_patch16_224"]
-    assert list(df["method"]) == ["none", "tome", "random_drop"]
-    assert df["gflops"].round(2).tolist() == [4.61, 2.71, 2.99]
-    assert list(df["tokens_out"]) == [197, 41, 68]
+    assert list(df["backbone"]) == ["deit_small_patch16_224"] * 3 + ["vmamba_tiny_s1l8"]
+    assert list(df["method"]) == ["none", "tome", "random_drop", "none"]
+    assert df["gflops"].round(2).tolist() == [4.61, 2.71, 2.99, 4.91]
+    assert df["n_params"].tolist()[-1] == 30_249_064
+    assert list(df["tokens_out"]) == [197, 41, 68, 49]
     assert (df["batch_size"] == 8).all() and (df["device"] == "cpu").all()
-    assert "| tome | r=13 |" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "| tome | r=13 |" in out
+    assert "Not run: `tome:r=13` on vmamba_tiny_s1l8" in out
+    assert "Not run: `random_drop` on vmamba_tiny_s1l8" in (tmp_path / "results.md").read_text()
