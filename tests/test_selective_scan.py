@@ -166,3 +166,13 @@ def test_flops_use_vmamba_formula_in_fvcore_and_flop_counter(d_state):
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         model(torch.randn(batch, 1, dim, length))
     assert counter.get_total_flops() == 2 * expected   # that counter counts 2 per multiply-add
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("d_state", [1, 16])
+def test_torch_backend_on_cuda(d_state):
+    inputs = make_inputs(4, 64, d_state, 3136, regime="large")
+    ref = scan_reference(**float64(inputs))
+    cuda = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    y = selective_scan(**cuda, backend="torch")
+    assert y.is_cuda and rel_err(y.cpu(), ref) < 1e-5

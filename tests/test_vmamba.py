@@ -33,7 +33,7 @@ def test_golden_logits_and_stage_outputs(name, backend):
         stages = model.forward_stages(fx["input"])
     torch.testing.assert_close(logits, fx["logits"], atol=1e-4, rtol=1e-4)
     assert len(stages) == len(fx["stage_outputs"])
-    for ours, official in zip(stages, fx["stage_outputs"]):
+    for ours, official in zip(stages, fx["stage_outputs"], strict=True):
         torch.testing.assert_close(ours, official, atol=1e-4, rtol=1e-4)
 
 
@@ -281,3 +281,17 @@ def test_state_dict_is_untouched_by_apply():
         assert list(model.state_dict()) == list(before)
     after = model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_golden_logits_on_cuda(name):
+    fx, model = build_from_fixture(name, scan_backend="torch")
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False      # compare in full fp32
+    try:
+        with torch.no_grad():
+            logits = model.cuda()(fx["input"].cuda()).cpu()
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous
+    torch.testing.assert_close(logits, fx["logits"], atol=1e-4, rtol=1e-4)

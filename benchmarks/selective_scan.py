@@ -1,0 +1,117 @@
+"""Selective scan: the `torch` backend against the plain sequential loop (`reference`), and against
+mamba_ssm's CUDA kernel when it is importable on a GPU.
+
+Shapes are VMamba's: K·D channels (4 directions × d_inner), d_state N, L = H·W. The default set is
+the issue's headline case (L=3136, K·D=384, N=1, batch 1), the same with N=16, and the four
+VMamba-T[s1l8] stage shapes. Every backend runs on the same inputs, interleaved round-robin;
+medians and the ratio reference/torch are printed, plus the worst relative error against a
+float64 sequential evaluation.
+
+    python benchmarks/selective_scan.py                       # CPU, batch 1
+    python benchmarks/selective_scan.py --device cuda --batch-size 128
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+from tokenred.kernels import mamba_ssm_available, scan_reference, selective_scan
+from tokenred.report import atomic_write_text
+from tokenred.timing import environment
+
+# (label, K·D, N, L): VMamba-T[s1l8] has d_inner = C (ssm_ratio 1), so K·D = 4·C
+SHAPES = [("L3136 KD384 N1 (stage 1)", 384, 1, 3136),
+          ("L3136 KD384 N16", 384, 16, 3136),
+          ("L784 KD768 N1 (stage 2)", 768, 1, 784),
+          ("L196 KD1536 N1 (stage 3)", 1536, 1, 196),
+          ("L49 KD3072 N1 (stage 4)", 3072, 1, 49)]
+
+
+def make_inputs(batch, dim, n, length, device):
+    g = torch.Generator().manual_seed(0)
+    t = dict(u=torch.randn(batch, dim, length, generator=g),
+             delta=0.5 * torch.randn(batch, dim, length, generator=g),
+             A=-torch.exp(torch.rand(dim, n, generator=g) * 3 - 1),
+             B=torch.randn(batch, 4, n, length, generator=g),
+             C=torch.randn(batch, 4, n, length, generator=g),
+             D=torch.randn(dim, generator=g), delta_bias=0.5 * torch.randn(dim, generator=g))
+    return {k: v.to(device) for k, v in t.items()}
+
+
+def timed(fn, device) -> float:
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--skip-reference-above", type=float, default=2e8,
+                        help="skip the sequential loop where B·KD·N·L exceeds this (it would take "
+                             "minutes); the torch backend is still timed")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    backends = ["torch", "reference"] + (["mamba_ssm"] if device.type == "cuda"
+                                         and mamba_ssm_available() else [])
+    env = environment(device, torch.float32, False)
+    print(f"selective scan, batch {args.batch_size}, fp32, {env['device_name']} ({device.type}), "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}; median of "
+          f"{args.rounds} interleaved rounds")
+    rows = []
+    with torch.inference_mode():
+        for label, dim, n, length in SHAPES:
+            x = make_inputs(args.batch_size, dim, n, length, device)
+            run = [b for b in backends
+                   if b != "reference" or args.batch_size * dim * n * length <= args.skip_reference_above]
+            calls = {b: (lambda b=b, x=x: selective_scan(**x, delta_softplus=True, backend=b))
+                     for b in run}
+            for fn in calls.values():
+                fn()
+            times = {b: [] for b in run}
+            for _ in range(args.rounds):
+                for b, fn in calls.items():
+                    times[b].append(timed(fn, device))
+            med = {b: statistics.median(t) for b, t in times.items()}
+            small = {k: v[:1] if v.dim() >= 3 else v for k, v in x.items()}   # batch 1
+            ref64 = scan_reference(**{k: v.double() for k, v in small.items()}, delta_softplus=True)
+            err = {b: ((selective_scan(**small, delta_softplus=True, backend=b).double() - ref64)
+                       .abs().max() / ref64.abs().max()).item() for b in run}
+            row = {"shape": label, "KD": dim, "N": n, "L": length, "median_ms": med, "rel_err": err}
+            if "reference" in med:
+                row["speedup_torch_vs_reference"] = med["reference"] / med["torch"]
+            if "mamba_ssm" in med:
+                row["torch_vs_mamba_ssm"] = med["torch"] / med["mamba_ssm"]
+            rows.append(row)
+            cells = "  ".join(f"{b} {m:8.2f} ms" for b, m in med.items())
+            ratio = (f"  reference/torch {row['speedup_torch_vs_reference']:6.1f}x"
+                     if "speedup_torch_vs_reference" in row else "")
+            print(f"{label:<26} {cells}{ratio}  max rel err {max(err.values()):.1e}")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        atomic_write_text(args.json, json.dumps({"args": vars(args), "env": env, "rows": rows},
+                                                indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

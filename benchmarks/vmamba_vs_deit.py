@@ -1,0 +1,81 @@
+"""VMamba-T[s1l8] vs DeiT-S: one full forward each, timed side by side in one run.
+
+The two have about the same FLOPs (4.91 vs 4.61 GMACs); the official VMamba runs only with custom
+CUDA kernels and its CPU fallback (a sequential scan loop) took 10.8x a DeiT-S forward on a quiet
+2-core machine. Here: DeiT-S, VMamba-T with the ``torch`` scan backend, and (CPU, by default)
+VMamba-T with the ``reference`` sequential loop, which follows the official fallback's pattern.
+Everything around the scan (LayerNorms, projections, depthwise conv, layout changes) counts.
+Timing is interleaved round-robin (tokenred.timing.benchmark_interleaved); ratios are of medians
+and, paired, the median of per-round ratios.
+
+    python benchmarks/vmamba_vs_deit.py                                  # CPU, batch 1
+    python benchmarks/vmamba_vs_deit.py --device cuda --batch-size 128   # VMamba's GPU protocol
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import torch
+
+import tokenred
+from tokenred.kernels import mamba_ssm_available
+from tokenred.report import atomic_write_text
+from tokenred.timing import benchmark_interleaved, paired_ratio
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=None, help="CPU 1, CUDA 128")
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--amp", action="store_true")
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--iters", type=int, default=None)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--vmamba", default="vmamba_tiny_s1l8")
+    parser.add_argument("--reference", choices=["auto", "yes", "no"], default="auto",
+                        help="also time the sequential-loop backend (auto: on CPU only)")
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    cuda = args.device.startswith("cuda")
+    batch = args.batch_size or (128 if cuda else 1)
+    warmup = args.warmup if args.warmup is not None else (50 if cuda else 3)
+    iters = args.iters or (30 if cuda else 20)
+
+    torch.manual_seed(0)
+    models = {"deit_small_patch16_224": tokenred.create_backbone("deit_small_patch16_224"),
+              f"{args.vmamba} (torch scan)": tokenred.create_backbone(args.vmamba, scan_backend="torch")}
+    if args.reference == "yes" or (args.reference == "auto" and not cuda):
+        models[f"{args.vmamba} (reference loop)"] = tokenred.create_backbone(
+            args.vmamba, scan_backend="reference")
+    if cuda and mamba_ssm_available():
+        models[f"{args.vmamba} (mamba_ssm)"] = tokenred.create_backbone(args.vmamba, scan_backend="mamba_ssm")
+    res = benchmark_interleaved(models, 224, batch, args.device, args.dtype, args.amp, warmup,
+                                iters, args.rounds, args.threads)
+    env = res["deit_small_patch16_224"].env
+    print(f"batch {batch}, {env['dtype']}{'+amp' if args.amp else ''}, {env['device_name']} "
+          f"({env['device']}), {env['threads']} threads, torch {env['torch']}, {iters} timed "
+          f"forwards in {args.rounds} interleaved rounds")
+    deit = res["deit_small_patch16_224"]
+    print(f"{'model':<40} {'median ms':>10} {'IQR ms':>8} {'img/s':>9} {'x DeiT-S':>9} {'paired':>7}")
+    ratios = {}
+    for name, r in res.items():
+        ratio, paired = r.median_ms / deit.median_ms, paired_ratio(r, deit)
+        ratios[name] = {"latency_vs_deit": ratio, "latency_vs_deit_paired": paired}
+        print(f"{name:<40} {r.median_ms:>10.2f} {r.iqr_ms:>8.2f} {r.images_per_s:>9.1f} "
+              f"{ratio:>8.2f}x {paired:>6.2f}x")
+    if args.json:
+        payload = {"args": vars(args), "batch_size": batch, "env": env, "ratios": ratios,
+                   "results": {k: {f: v for f, v in r.as_dict().items() if f != "env"}
+                               for k, r in res.items()}}
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        atomic_write_text(args.json, json.dumps(payload, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
