@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from timm.layers import DropPath
 
-from tokenred.backbones.vmamba import SS2D, GridAdapter, PatchMerging2D, _linspace
+from tokenred.backbones.vmamba import (SS2D, GridAdapter, PatchMerging2D, _init_weights, _linspace,
+                                       pin_scan_backend)
 from tokenred.checkpoint import CheckpointError
 from tokenred.kernels import check_backend
 from tokenred.registry import register_backbone
@@ -92,10 +93,8 @@ class MedMamba(nn.Module):
         self.apply(_init_weights)
 
     def set_scan_backend(self, backend: Optional[str]) -> None:
-        backend = check_backend(backend) if backend is not None else None
-        for m in self.modules():
-            if isinstance(m, SS2D):
-                m.scan_backend = backend
+        """Pin the selective-scan backend of every block (None: the process default)."""
+        pin_scan_backend(self, backend)
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.forward_stages(x)[-1]
@@ -116,16 +115,6 @@ class MedMamba(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         x = self.forward_features(x).permute(0, 3, 1, 2)
         return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
-
-
-def _init_weights(m: nn.Module) -> None:
-    if isinstance(m, nn.Linear):
-        nn.init.trunc_normal_(m.weight, std=0.02)
-        if m.bias is not None:
-            nn.init.zeros_(m.bias)
-    elif isinstance(m, nn.LayerNorm):
-        nn.init.ones_(m.weight)
-        nn.init.zeros_(m.bias)
 
 
 _ARGS = {"depths", "dims", "num_classes", "patch_size", "in_chans", "d_state", "drop_rate",

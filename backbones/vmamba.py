@@ -386,11 +386,7 @@ class VSSM(nn.Module):
 
     def set_scan_backend(self, backend: Optional[str]) -> None:
         """Pin the selective-scan backend of every block (None: the process default)."""
-        backend = check_backend(backend) if backend is not None else None
-        for m in self.modules():
-            if isinstance(m, SS2D):
-                m.scan_backend = backend
-        self.config.scan_backend = backend
+        self.config.scan_backend = pin_scan_backend(self, backend)
 
     def forward_features(self, x: Tensor) -> Tensor:
         return self.forward_stages(x)[-1]
@@ -410,12 +406,25 @@ class VSSM(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # 1x1-conv weights [out, in, 1, 1] (the official Linear2d) load into our linears
-        for name, param in self.named_parameters():
-            key = prefix + name
-            value = state_dict.get(key)
-            if value is not None and param.dim() == 2 and value.dim() == 4 and value.shape[2:] == (1, 1):
-                state_dict[key] = value[:, :, 0, 0]
+        squeeze_1x1_convs(state_dict, {prefix + n: p for n, p in self.named_parameters()})
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def pin_scan_backend(model: nn.Module, backend: Optional[str]) -> Optional[str]:
+    """Set the selective-scan backend of every SS2D in ``model``; returns the checked name."""
+    backend = check_backend(backend) if backend is not None else None
+    for m in model.modules():
+        if isinstance(m, SS2D):
+            m.scan_backend = backend
+    return backend
+
+
+def squeeze_1x1_convs(state: dict, own: Mapping[str, Tensor]) -> None:
+    """In place: [out, in, 1, 1] entries of ``state`` whose own tensor is 2-D become [out, in]."""
+    for key, value in state.items():
+        mine = own.get(key)
+        if mine is not None and mine.dim() == 2 and value.dim() == 4 and value.shape[2:] == (1, 1):
+            state[key] = value[:, :, 0, 0]
 
 
 def _linspace(end: float, count: int) -> list[float]:
@@ -514,10 +523,7 @@ def remap_official_state_dict(state: Mapping[str, Tensor], model: Optional[nn.Mo
             key = pattern.sub(repl, key)
         out[key] = value
     if model is not None:
-        own = model.state_dict()
-        for key, value in out.items():
-            if key in own and own[key].dim() == 2 and value.dim() == 4 and value.shape[2:] == (1, 1):
-                out[key] = value[:, :, 0, 0]
+        squeeze_1x1_convs(out, model.state_dict())
     return out
 
 
