@@ -357,6 +357,7 @@ class VSSM(nn.Module):
         dims = config.stage_dims()
         self.num_classes = config.num_classes
         self.num_features = dims[-1]
+        self.pretrained_cfg = eval_data_config(config.num_classes)
         gate = FORWARD_TYPES[config.forward_type]
         if config.forward_type == "v0":  # the official v0 path hard-codes these
             conv, conv_bias, act = 3, True, "silu"
@@ -425,6 +426,16 @@ def squeeze_1x1_convs(state: dict, own: Mapping[str, Tensor]) -> None:
         mine = own.get(key)
         if mine is not None and mine.dim() == 2 and value.dim() == 4 and value.shape[2:] == (1, 1):
             state[key] = value[:, :, 0, 0]
+
+
+def eval_data_config(num_classes: int) -> dict:
+    """VMamba's evaluation protocol in timm's data-config vocabulary (what ``timm.data.
+    resolve_data_config`` reads): short side 256 bicubic, center crop 224, ImageNet mean/std."""
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    return {"input_size": (3, 224, 224), "interpolation": "bicubic", "crop_pct": 224 / 256,
+            "crop_mode": "center", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
+            "num_classes": num_classes}
 
 
 def _linspace(end: float, count: int) -> list[float]:

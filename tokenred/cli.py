@@ -58,12 +58,16 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         if not eq or not name or not path:
             raise ValueError(f"--checkpoint {item!r}: write BACKBONE=PATH")
         checkpoints[name.strip()] = path.strip()
+    overrides = {k: v for k, v in (("crop_pct", args.crop_pct),
+                                   ("interpolation", args.interpolation)) if v is not None}
     try:
         df = tokenred.compare(backbones, specs, checkpoints=checkpoints, device=args.device,
                               batch_size=args.batch_size, input_size=args.input_size,
                               dtype=args.dtype, amp=args.amp, warmup=args.warmup,
                               iters=args.iters, rounds=args.rounds, threads=args.threads,
-                              pretrained=args.pretrained, seed=args.seed, progress=progress)
+                              pretrained=args.pretrained, seed=args.seed, data=args.data,
+                              limit=args.limit, num_workers=args.num_workers,
+                              transform_overrides=overrides, progress=progress)
     finally:
         bar.close()
     print(markdown_table(df))
@@ -99,6 +103,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", action="append", default=[], metavar="BACKBONE=PATH",
                    help="local weights for a backbone (repeatable); .pth/.pt or .safetensors")
     p.add_argument("--seed", type=int, default=0, help="seed of random initialisation")
+    p.add_argument("--data", metavar="DIR",
+                   help="evaluate on these images: an ImageFolder tree (one folder per class, "
+                        "sorted names = class indices; adds top-1/top-5) or a flat folder of "
+                        "unlabeled images (agreement and KL with `none` only)")
+    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--num-workers", type=int, default=0, help="data-loading processes (default 0)")
+    p.add_argument("--crop-pct", type=float, default=None,
+                   help="override the backbones' eval center-crop fraction (e.g. 0.875 = 256->224)")
+    p.add_argument("--interpolation", default=None, help="override the eval resize interpolation "
+                                                         "(bicubic, bilinear, ...)")
     p.add_argument("--out", help="run directory (default reports/<date-time>)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(fn=_cmd_compare)
@@ -108,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("batch_size", "warmup", "iters", "rounds", "threads", "input_size"):
+    for name in ("batch_size", "warmup", "iters", "rounds", "threads", "input_size", "limit"):
         value = getattr(args, name, None)
         if value is not None and value < (0 if name == "warmup" else 1):
             parser.error(f"--{name.replace('_', '-')} must be >= {0 if name == 'warmup' else 1}, "

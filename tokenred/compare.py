@@ -11,16 +11,18 @@ import torch
 from .apply import UnsupportedSiteKindError, apply
 from .backbone import create_backbone
 from .checkpoint import load_checkpoint
+from .evaluate import evaluate, require_readable, scan_folder
 from .flops import count_flops, count_params
 from .params import ParameterError, parse_method_spec, split_method_list, split_top_level
 from .registry import get_backbone, get_method
-from .timing import benchmark_interleaved, resolve_device
+from .timing import benchmark_interleaved, resolve_device, resolve_dtype
 
 DEFAULT_BACKBONES = ("deit_small_patch16_224", "vmamba_tiny_s1l8")
 DEFAULT_METHODS = ("none", "tome:r=13", "random_drop")
 
 COLUMNS = ["backbone", "method", "params", "n_params", "gflops", "flop_reduction_pct",
            "images_per_s", "speedup", "latency_median_ms", "latency_iqr_ms", "tokens_out",
+           "top1", "top5", "delta_top1", "agreement", "kl", "eval_images", "eval_failed",
            "batch_size", "input_size", "dtype", "device", "device_name", "threads", "torch",
            "timm", "tokenred"]
 
@@ -85,6 +87,8 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
             warmup: Optional[int] = None, iters: Optional[int] = None, rounds: int = 5,
             threads: Optional[int] = None, pretrained: bool = False, seed: int = 0,
             checkpoints: Optional[dict] = None, backbone_kwargs: Optional[dict] = None,
+            data: Optional[str] = None, limit: Optional[int] = None, num_workers: int = 0,
+            transform_overrides: Optional[dict] = None,
             progress: Optional[Callable[[str], None]] = None) -> pd.DataFrame:
     """Measure ``methods`` (``"name"`` or ``"name:key=value,..."``) on ``backbones``.
 
@@ -95,6 +99,11 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
     names to local weight files; timm models are built for ``input_size``. ``progress`` is called
     with a short message at each step. A method that cannot serve a backbone's site kinds (a
     sequence-only method on VMamba) is skipped there and listed in ``df.attrs["skipped"]``.
+
+    ``data``: a folder of images (ImageFolder tree, or flat and unlabeled) to evaluate every method
+    on with the backbone's own eval transform (``limit``: the first N images): top-1/top-5 (labeled
+    data), Δtop-1 against ``none``, agreement with ``none``'s top-1 and mean KL(none ‖ method).
+    Images that fail to decode are skipped and listed in ``df.attrs["failed_images"]``.
     """
     dev = resolve_device(device)
     on_gpu = dev.type == "cuda"
@@ -115,8 +124,11 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
         raise ParameterError(f"checkpoint given for {unknown}, which is not among the backbones "
                              f"{backbone_names}")
 
+    images = scan_folder(data).head(limit) if data is not None else None
+    if num_workers < 0:
+        raise ParameterError(f"num_workers={num_workers}: give 0 or more")
     report = progress or (lambda msg: None)
-    rows, skipped = [], []
+    rows, skipped, failed_images = [], [], []
     for bname in backbone_names:
         report(f"{bname}: build")
         base = _build_backbone(bname, input_size, pretrained, seed, checkpoints.get(bname),
@@ -146,6 +158,19 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
                                         progress=lambda m, b=bname: report(f"{b} {m}"))
         base_text = next(s.text for s in specs if s.is_baseline)
         g0, ips0 = flops[base_text].gflops, results[base_text].images_per_s
+        metrics: dict[str, dict] = {t: {} for t in models}
+        if images is not None:
+            report(f"{bname}: evaluate on {len(images.paths)} images")
+            ev = evaluate(models, base_text, images, input_size, batch_size, dev,
+                          resolve_dtype(dtype), amp, num_workers, transform_overrides)
+            require_readable(ev, images.root)
+            if not failed_images:
+                failed_images = ev.failed
+            top1_base = ev.counts[base_text].metrics(ev.labeled)["top1"]
+            for text, c in ev.counts.items():
+                m = c.metrics(ev.labeled)
+                metrics[text] = {**m, "delta_top1": m["top1"] - top1_base,
+                                 "eval_images": ev.n_images, "eval_failed": len(ev.failed)}
         for spec in runnable:
             res, g = results[spec.text], flops[spec.text].gflops
             tokens = handles[spec.text].state.tokens
@@ -160,10 +185,12 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
                 + ("+amp" if amp else ""), "device": env["device"],
                 "device_name": env["device_name"], "threads": env["threads"],
                 "torch": env["torch"], "timm": env["timm"], "tokenred": env["tokenred"],
+                **metrics[spec.text],
             })
         for h in handles.values():
             h.remove()
         del models
     df = pd.DataFrame(rows, columns=COLUMNS)
     df.attrs["skipped"] = skipped
+    df.attrs["failed_images"] = failed_images
     return df

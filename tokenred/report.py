@@ -19,6 +19,14 @@ TABLE_COLUMNS = [
     ("latency_median_ms", "latency ms (IQR)", None),
     ("tokens_out", "tokens out", "{}"),
 ]
+#: shown when the run evaluated on data (top-1 columns only for labeled data)
+EVAL_COLUMNS = [
+    ("top1", "top-1 %", "{:.2f}"),
+    ("delta_top1", "Δtop-1", "{:+.2f}"),
+    ("top5", "top-5 %", "{:.2f}"),
+    ("agreement", "agreement %", "{:.2f}"),
+    ("kl", "KL(none‖m)", "{:.4f}"),
+]
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -51,17 +59,27 @@ def markdown_table(df: pd.DataFrame) -> str:
         parts.append(f"### {backbone}\n\n{first['n_params'] / 1e6:.2f} M params · batch "
                      f"{first['batch_size']} · {first['input_size']}² · {first['dtype']} · "
                      f"{first['device']}\n")
-        header = [title for _, title, _ in TABLE_COLUMNS]
+        columns = TABLE_COLUMNS + [c for c in EVAL_COLUMNS
+                                   if c[0] in group and group[c[0]].notna().any()]
+        header = [title for _, title, _ in columns]
         lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
         for _, row in group.iterrows():
             cells = []
-            for key, _, fmt in TABLE_COLUMNS:
+            for key, _, fmt in columns:
                 if key == "latency_median_ms":
                     cells.append(f"{row['latency_median_ms']:.1f} ({row['latency_iqr_ms']:.1f})")
                 else:
                     cells.append(_cell(row[key], fmt))
             lines.append("| " + " | ".join(cells) + " |")
         parts.append("\n".join(lines) + "\n")
+    if "eval_images" in df and df["eval_images"].notna().any():
+        first = df[df["eval_images"].notna()].iloc[0]
+        parts.append(f"Evaluated on {int(first['eval_images'])} images "
+                     f"({int(first['eval_failed'])} could not be decoded and were skipped).\n")
+    failed = df.attrs.get("failed_images", [])
+    if failed:
+        listed = "; ".join(f"{p} ({why})" for p, why in failed[:20])
+        parts.append(f"Not decodable: {listed}" + (" ..." if len(failed) > 20 else "") + "\n")
     for gap in df.attrs.get("skipped", []):
         parts.append(f"Not run: `{gap['method']}` on {gap['backbone']} ({gap['reason']}).\n")
     env = df.iloc[0]

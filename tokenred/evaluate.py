@@ -1,0 +1,216 @@
+"""Accuracy and fidelity of reduced models on a folder of images, the same way for every method.
+
+Data: an ImageFolder tree (ImageNet-val layout: one sub-folder per class, sorted class names give
+the indices 0..C-1) or a flat folder of unlabeled images (then only the fidelity columns). Every
+method of a backbone is evaluated on the same decoded batch, next to the unreduced model, so
+agreement and KL compare outputs on identical inputs.
+
+Per method: top-1 and top-5 accuracy (labeled data), agreement (share of images whose top-1 class
+equals the unreduced model's) and mean KL(p_unreduced ‖ p_reduced) of the softmax outputs.
+Counts are sums, so shards (several processes) add up exactly.
+
+Images that fail to decode are skipped, counted and named; a run with no readable image is an
+error. Each backbone's own eval transform is used: timm's ``resolve_data_config`` /
+``create_transform`` on the model's ``pretrained_cfg`` (VMamba and MedMamba declare VMamba's
+protocol there: short side 256 bicubic, center crop 224, ImageNet mean/std).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif")
+
+
+class DataError(ValueError):
+    """The data folder cannot be evaluated (missing, empty, unreadable, labels out of range)."""
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS) and not name.startswith(".")
+
+
+@dataclass
+class ImageList:
+    """Image paths with labels (``None`` for an unlabeled folder) and class names."""
+
+    root: str
+    paths: list[str]
+    labels: Optional[list[int]]
+    classes: list[str] = field(default_factory=list)
+
+    @property
+    def labeled(self) -> bool:
+        return self.labels is not None
+
+    def head(self, limit: Optional[int]) -> "ImageList":
+        if limit is None:
+            return self
+        if limit < 1:
+            raise DataError(f"limit={limit}: give a positive number of images")
+        return ImageList(self.root, self.paths[:limit],
+                         None if self.labels is None else self.labels[:limit], self.classes)
+
+
+def scan_folder(root: str | os.PathLike) -> ImageList:
+    """Read ``root`` as an ImageFolder tree (class sub-folders) or a flat folder of images."""
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise DataError(f"data folder not found: {root}")
+    entries = sorted(os.listdir(root))
+    classes = [e for e in entries if os.path.isdir(os.path.join(root, e)) and not e.startswith(".")]
+    flat = [e for e in entries if os.path.isfile(os.path.join(root, e)) and _is_image(e)]
+    if classes and flat:
+        raise DataError(f"{root} holds both class folders ({classes[:3]}...) and loose images "
+                        f"({flat[:3]}...); use one layout: class sub-folders (labeled) or only "
+                        f"images (unlabeled)")
+    if classes:
+        paths, labels = [], []
+        for index, name in enumerate(classes):
+            for dirpath, dirnames, filenames in os.walk(os.path.join(root, name)):
+                dirnames.sort()
+                for f in sorted(filenames):
+                    if _is_image(f):
+                        paths.append(os.path.join(dirpath, f))
+                        labels.append(index)
+        found = ImageList(root, paths, labels, classes)
+    else:
+        found = ImageList(root, [os.path.join(root, f) for f in flat], None)
+    if not found.paths:
+        raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found in {root}")
+    return found
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, images: ImageList, transform: Callable):
+        self.images, self.transform = images, transform
+
+    def __len__(self) -> int:
+        return len(self.images.paths)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        label = -1 if self.images.labels is None else self.images.labels[i]
+        try:
+            with Image.open(self.images.paths[i]) as img:
+                tensor = self.transform(img.convert("RGB"))
+        except Exception as exc:  # undecodable or truncated file: skipped and reported
+            return None, label, i, f"{type(exc).__name__}: {exc}"
+        return tensor, label, i, None
+
+
+def _collate(items):
+    good = [it for it in items if it[0] is not None]
+    failed = [(it[2], it[3]) for it in items if it[0] is None]
+    if not good:
+        return None, None, failed
+    return (torch.stack([it[0] for it in good]),
+            torch.tensor([it[1] for it in good], dtype=torch.long), failed)
+
+
+def eval_transform(model: nn.Module, input_size: int, overrides: Optional[Mapping[str, Any]] = None):
+    """The model's own eval transform for ``input_size`` crops (timm's data config)."""
+    from timm.data import create_transform, resolve_data_config
+
+    args = {"input_size": (3, input_size, input_size), **dict(overrides or {})}
+    config = resolve_data_config(args, model=model)
+    return create_transform(**config, is_training=False), config
+
+
+@dataclass
+class EvalCounts:
+    """Sums over images for one method (add shards with ``+``)."""
+
+    n: int = 0
+    correct1: int = 0
+    correct5: int = 0
+    agree: int = 0
+    kl_sum: float = 0.0
+
+    def __add__(self, other: "EvalCounts") -> "EvalCounts":
+        return EvalCounts(self.n + other.n, self.correct1 + other.correct1,
+                          self.correct5 + other.correct5, self.agree + other.agree,
+                          self.kl_sum + other.kl_sum)
+
+    def metrics(self, labeled: bool) -> dict[str, float]:
+        n = max(self.n, 1)
+        out = {"agreement": 100.0 * self.agree / n, "kl": self.kl_sum / n}
+        nan = float("nan")
+        out["top1"] = 100.0 * self.correct1 / n if labeled else nan
+        out["top5"] = 100.0 * self.correct5 / n if labeled else nan
+        return out
+
+
+@dataclass
+class EvalResult:
+    counts: dict[str, EvalCounts]
+    labeled: bool
+    n_images: int
+    failed: list[tuple[str, str]]          # (path, reason) of images that did not decode
+    data_config: dict
+
+
+def batches(images: ImageList, transform: Callable, batch_size: int, num_workers: int,
+            indices: Optional[Sequence[int]] = None) -> Iterator[tuple]:
+    dataset = _Images(images, transform)
+    if indices is not None:
+        dataset = torch.utils.data.Subset(dataset, list(indices))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                                         num_workers=num_workers, collate_fn=_collate)
+    yield from loader
+
+
+def evaluate(models: Mapping[str, nn.Module], baseline: str, images: ImageList, input_size: int,
+             batch_size: int, device: torch.device, dtype: torch.dtype = torch.float32,
+             amp: bool = False, num_workers: int = 0, transform_overrides: Optional[dict] = None,
+             indices: Optional[Sequence[int]] = None) -> EvalResult:
+    """Evaluate every model of one backbone on the same batches; ``baseline`` (the unreduced
+    model) is the reference for agreement and KL. ``indices`` restricts to a shard."""
+    if baseline not in models:
+        raise ValueError(f"baseline {baseline!r} is not among the models {list(models)}")
+    transform, config = eval_transform(models[baseline], input_size, transform_overrides)
+    num_classes = getattr(models[baseline], "num_classes", None)
+    if images.labeled and num_classes and len(images.classes) > num_classes:
+        raise DataError(f"{images.root} has {len(images.classes)} classes but the model predicts "
+                        f"{num_classes}; labels would be out of range")
+    counts = {name: EvalCounts() for name in models}
+    failed: list[tuple[str, str]] = []
+    seen = 0
+    model_dtype = torch.float32 if amp else dtype
+    autocast = torch.autocast(device.type, dtype=dtype) if amp else torch.autocast(device.type, enabled=False)
+    for m in models.values():
+        m.eval().to(device, model_dtype)
+    with torch.inference_mode(), autocast:
+        for x, y, bad in batches(images, transform, batch_size, num_workers, indices):
+            failed.extend((images.paths[i], why) for i, why in bad)
+            if x is None:
+                continue
+            x = x.to(device, model_dtype)
+            y = y.to(device)
+            seen += x.shape[0]
+            ref_logp = F.log_softmax(models[baseline](x).float(), dim=-1)
+            ref_top1 = ref_logp.argmax(-1)
+            for name, model in models.items():
+                logp = ref_logp if name == baseline else F.log_softmax(model(x).float(), dim=-1)
+                c = counts[name]
+                c.n += x.shape[0]
+                top = logp.topk(min(5, logp.shape[-1]), dim=-1).indices
+                c.agree += int((top[:, 0] == ref_top1).sum())
+                c.kl_sum += float((ref_logp.exp() * (ref_logp - logp)).sum(-1).clamp(min=0).sum())
+                if images.labeled:
+                    c.correct1 += int((top[:, 0] == y).sum())
+                    c.correct5 += int((top == y[:, None]).any(-1).sum())
+    return EvalResult(counts, images.labeled, seen, failed, dict(config))
+
+
+def require_readable(result: EvalResult, root: str) -> None:
+    if result.n_images == 0:
+        reasons = "; ".join(f"{os.path.basename(p)}: {why}" for p, why in result.failed[:3])
+        raise DataError(f"no readable image in {root} ({len(result.failed)} failed to decode"
+                        + (f": {reasons}" if reasons else "") + ")")
