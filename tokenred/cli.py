@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
-import time
 from typing import Optional, Sequence
 
 
@@ -35,7 +35,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     import tokenred
     from tokenred.compare import (DEFAULT_BACKBONES, DEFAULT_METHODS, MethodSpec, as_list,
                                   as_method_list)
-    from tokenred.report import markdown_table, write_run
+    from tokenred.report import markdown_table, write_report
+    from tokenred.store import ResultsStore
 
     backbones = as_list(args.backbones) if args.backbones else list(DEFAULT_BACKBONES)
     methods = as_method_list(args.methods) if args.methods else list(DEFAULT_METHODS)
@@ -43,7 +44,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     n_methods = len(specs) + (0 if any(s.is_baseline for s in specs) else 1)  # compare adds none
     rounds = min(args.rounds, args.iters) if args.iters else args.rounds
     per_backbone = 1 + 2 * n_methods + rounds * n_methods
-    out_dir = args.out or os.path.join("reports", time.strftime("%Y%m%d-%H%M%S"))
+    out_dir = args.out or os.path.join("reports", "run-" + _arguments_digest(args, backbones, specs))
 
     bar = tqdm(total=len(backbones) * per_backbone, disable=args.no_progress, unit="step",
                file=sys.stderr, dynamic_ncols=True)
@@ -60,6 +61,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         checkpoints[name.strip()] = path.strip()
     overrides = {k: v for k, v in (("crop_pct", args.crop_pct),
                                    ("interpolation", args.interpolation)) if v is not None}
+    created = not os.path.exists(out_dir)
+    store = ResultsStore.in_run_dir(out_dir)
+    store.log_run({k: v for k, v in vars(args).items() if k != "fn"})
+    print(f"run directory {out_dir} (results store {store.path}; re-running the same command "
+          f"measures only what it lacks)", file=sys.stderr)
     try:
         df = tokenred.compare(backbones, specs, checkpoints=checkpoints, device=args.device,
                               batch_size=args.batch_size, input_size=args.input_size,
@@ -67,12 +73,55 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                               iters=args.iters, rounds=args.rounds, threads=args.threads,
                               pretrained=args.pretrained, seed=args.seed, data=args.data,
                               limit=args.limit, num_workers=args.num_workers,
-                              transform_overrides=overrides, progress=progress)
+                              transform_overrides=overrides, store=store, progress=progress)
+    except BaseException:
+        if created and len(store) == 0:  # a run that measured nothing leaves no directory behind
+            store.close()
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
     finally:
         bar.close()
+        store.close()
     print(markdown_table(df))
-    paths = write_run(df, out_dir)
-    print(f"wrote {paths['csv']} and {paths['md']}")
+    paths = write_report(df, out_dir)
+    print(f"wrote {', '.join(v for k, v in paths.items() if k != 'plots')}"
+          + (f" and {len(paths['plots'])} plot files" if paths.get("plots") else ""))
+    return 0
+
+
+def _arguments_digest(args: argparse.Namespace, backbones: list, specs: list) -> str:
+    """A short name for a run's settings: the same command always maps to the same run
+    directory, so re-running it resumes from its store."""
+    import hashlib
+    import json
+
+    settings = {k: v for k, v in vars(args).items() if k not in ("fn", "out", "no_progress")}
+    settings.update(backbones=backbones, methods=[s.text for s in specs],
+                    data=os.path.abspath(args.data) if args.data else None)
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from tokenred.report import table_from_store, write_report
+    from tokenred.store import STORE_NAME, ResultsStore
+
+    path = os.path.join(args.run_dir, STORE_NAME)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{args.run_dir} holds no results store ({STORE_NAME}); give the "
+                                f"directory a `tokenred compare` run wrote")
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    store = ResultsStore(path)
+    try:
+        df = table_from_store(store)
+    finally:
+        store.close()
+    if df.empty:
+        raise ValueError(f"{path} holds no measured rows yet")
+    paths = write_report(df, args.run_dir, formats, plots=not args.no_plots)
+    for value in paths.values():
+        for item in (value if isinstance(value, list) else [value]):
+            print(f"wrote {item}")
     return 0
 
 
@@ -113,9 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the backbones' eval center-crop fraction (e.g. 0.875 = 256->224)")
     p.add_argument("--interpolation", default=None, help="override the eval resize interpolation "
                                                          "(bicubic, bilinear, ...)")
-    p.add_argument("--out", help="run directory (default reports/<date-time>)")
+    p.add_argument("--out", help="run directory holding the results store and report (default "
+                                 "reports/run-<digest of the settings>: the same command resumes)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(fn=_cmd_compare)
+
+    p = sub.add_parser("report", help="regenerate a run's tables and plots from its results store")
+    p.add_argument("run_dir", help="a run directory written by `tokenred compare`")
+    p.add_argument("--format", default="md,csv,tex,html",
+                   help="comma-separated: md, csv, tex, html (default all)")
+    p.add_argument("--no-plots", action="store_true", help="tables only")
+    p.set_defaults(fn=_cmd_report)
     return parser
 
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -15,6 +17,7 @@ from .evaluate import evaluate, require_readable, scan_folder
 from .flops import count_flops, count_params
 from .params import ParameterError, parse_method_spec, split_method_list, split_top_level
 from .registry import get_backbone, get_method
+from .store import Key, ResultsStore
 from .timing import benchmark_interleaved, resolve_device, resolve_dtype
 
 DEFAULT_BACKBONES = ("deit_small_patch16_224", "vmamba_tiny_s1l8")
@@ -24,7 +27,7 @@ COLUMNS = ["backbone", "method", "params", "n_params", "gflops", "flop_reduction
            "images_per_s", "speedup", "latency_median_ms", "latency_iqr_ms", "tokens_out",
            "top1", "top5", "delta_top1", "agreement", "kl", "eval_images", "eval_failed",
            "batch_size", "input_size", "dtype", "device", "device_name", "threads", "torch",
-           "timm", "tokenred"]
+           "timm", "tokenred", "scan_backend"]
 
 
 @dataclass(frozen=True)
@@ -88,7 +91,7 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
             threads: Optional[int] = None, pretrained: bool = False, seed: int = 0,
             checkpoints: Optional[dict] = None, backbone_kwargs: Optional[dict] = None,
             data: Optional[str] = None, limit: Optional[int] = None, num_workers: int = 0,
-            transform_overrides: Optional[dict] = None,
+            transform_overrides: Optional[dict] = None, store: Optional[ResultsStore] = None,
             progress: Optional[Callable[[str], None]] = None) -> pd.DataFrame:
     """Measure ``methods`` (``"name"`` or ``"name:key=value,..."``) on ``backbones``.
 
@@ -104,6 +107,11 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
     on with the backbone's own eval transform (``limit``: the first N images): top-1/top-5 (labeled
     data), Δtop-1 against ``none``, agreement with ``none``'s top-1 and mean KL(none ‖ method).
     Images that fail to decode are skipped and listed in ``df.attrs["failed_images"]``.
+
+    ``store``: a ``ResultsStore``; every measurement is written there as soon as it is taken, and
+    what it already holds (same backbone, method, sizes, dtype, device, weights and protocol) is
+    not measured again. A method timed or evaluated in a later run is measured next to a fresh
+    run of ``none``, so its speedup and Δtop-1 always come from one pass.
     """
     dev = resolve_device(device)
     on_gpu = dev.type == "cuda"
@@ -128,15 +136,43 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
     if num_workers < 0:
         raise ParameterError(f"num_workers={num_workers}: give 0 or more")
     report = progress or (lambda msg: None)
-    rows, skipped, failed_images = [], [], []
+    store = store if store is not None else ResultsStore(":memory:")
+    dtype_text = str(resolve_dtype(dtype)).replace("torch.", "") + ("+amp" if amp else "")
+    device_text = str(dev)
+
+    def variant_of(bname: str, kind: str) -> str:
+        weights = json.dumps({"seed": seed, "pretrained": pretrained,
+                              "checkpoint": checkpoints.get(bname),
+                              "kwargs": backbone_kwargs or {}}, sort_keys=True, default=str)
+        if kind == "timing":
+            return weights + json.dumps({"warmup": warmup, "iters": iters, "rounds": rounds,
+                                         "threads": threads})
+        if kind == "eval":
+            return weights + json.dumps({"data": os.path.abspath(images.root), "limit": limit,
+                                         "transform": transform_overrides or {}}, sort_keys=True)
+        return weights if kind == "flops" else ""
+
+    def key(bname: str, spec: MethodSpec, kind: str) -> Key:
+        return Key(bname, spec.text, input_size, batch_size, dtype_text, device_text, kind,
+                   variant_of(bname, kind))
+
+    kinds = ("flops", "timing") + (("eval",) if images is not None else ())
+    base_spec = next(s for s in specs if s.is_baseline)
     for bname in backbone_names:
+        todo = {spec.text: [k for k in kinds if store.get(key(bname, spec, k)) is None]
+                for spec in specs if store.get(key(bname, spec, "unsupported")) is None}
+        if not any(todo.values()):
+            report(f"{bname}: all stored, skipped")
+            continue
         report(f"{bname}: build")
         base = _build_backbone(bname, input_size, pretrained, seed, checkpoints.get(bname),
                                dict(backbone_kwargs or {}))
         n_params = count_params(base)
-        models, handles, flops = {}, {}, {}
-        runnable = []
+        models, handles = {}, {}
         for spec in specs:
+            # the baseline also runs when others need it (speedup/Δtop-1 from the same pass)
+            if spec.text not in todo or (not todo[spec.text] and not spec.is_baseline):
+                continue
             model = copy.deepcopy(base)
             params = dict(spec.params)
             where = params.pop("where", None)
@@ -145,52 +181,87 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
             except UnsupportedSiteKindError as exc:
                 # a method that cannot serve this backbone's site kinds is a gap in the table,
                 # not a failure of the whole comparison
-                skipped.append({"backbone": bname, "method": spec.text, "reason": str(exc)})
+                store.put(key(bname, spec, "unsupported"), {"reason": str(exc)})
                 report(f"{bname} {spec.text}: not supported, skipped")
                 continue
-            runnable.append(spec)
-            report(f"{bname} {spec.text}: count FLOPs")
-            flops[spec.text] = count_flops(model, input_size)
             models[spec.text] = model
+            if "flops" in todo[spec.text]:
+                report(f"{bname} {spec.text}: count FLOPs")
+                count = count_flops(model, input_size)
+                tokens = handles[spec.text].state.tokens
+                store.put(key(bname, spec, "flops"), {
+                    "n_params": n_params, "gflops": count.gflops,
+                    "tokens_out": list(tokens.values())[-1] if tokens else None,
+                    "uncounted": count.uncounted})
         del base
-        results = benchmark_interleaved(models, input_size, batch_size, dev, dtype, amp, warmup,
-                                        iters, rounds, threads,
-                                        progress=lambda m, b=bname: report(f"{b} {m}"))
-        base_text = next(s.text for s in specs if s.is_baseline)
-        g0, ips0 = flops[base_text].gflops, results[base_text].images_per_s
-        metrics: dict[str, dict] = {t: {} for t in models}
-        if images is not None:
+        by_text = {s.text: s for s in specs}
+        timed = [t for t in models if "timing" in todo[t]]
+        if timed:
+            group = {t: models[t] for t in models if t in timed or t == base_spec.text}
+            results = benchmark_interleaved(group, input_size, batch_size, dev, dtype, amp, warmup,
+                                            iters, rounds, threads,
+                                            progress=lambda m, b=bname: report(f"{b} {m}"))
+            ips0 = results[base_spec.text].images_per_s
+            for t in timed:
+                res = results[t]
+                store.put(key(bname, by_text[t], "timing"), {
+                    "images_per_s": res.images_per_s, "speedup": res.images_per_s / ips0,
+                    "latency_median_ms": res.median_ms, "latency_iqr_ms": res.iqr_ms,
+                    "env": res.env})
+        evaluated = [t for t in models if "eval" in todo[t]]
+        if evaluated:
             report(f"{bname}: evaluate on {len(images.paths)} images")
-            ev = evaluate(models, base_text, images, input_size, batch_size, dev,
+            group = {t: models[t] for t in models if t in evaluated or t == base_spec.text}
+            ev = evaluate(group, base_spec.text, images, input_size, batch_size, dev,
                           resolve_dtype(dtype), amp, num_workers, transform_overrides)
             require_readable(ev, images.root)
-            if not failed_images:
-                failed_images = ev.failed
-            top1_base = ev.counts[base_text].metrics(ev.labeled)["top1"]
-            for text, c in ev.counts.items():
-                m = c.metrics(ev.labeled)
-                metrics[text] = {**m, "delta_top1": m["top1"] - top1_base,
-                                 "eval_images": ev.n_images, "eval_failed": len(ev.failed)}
-        for spec in runnable:
-            res, g = results[spec.text], flops[spec.text].gflops
-            tokens = handles[spec.text].state.tokens
-            env = res.env
-            rows.append({
-                "backbone": bname, "method": spec.name, "params": spec.params_text,
-                "n_params": n_params, "gflops": g, "flop_reduction_pct": 100.0 * (1 - g / g0),
-                "images_per_s": res.images_per_s, "speedup": res.images_per_s / ips0,
-                "latency_median_ms": res.median_ms, "latency_iqr_ms": res.iqr_ms,
-                "tokens_out": list(tokens.values())[-1] if tokens else None,
-                "batch_size": batch_size, "input_size": input_size, "dtype": env["dtype"]
-                + ("+amp" if amp else ""), "device": env["device"],
-                "device_name": env["device_name"], "threads": env["threads"],
-                "torch": env["torch"], "timm": env["timm"], "tokenred": env["tokenred"],
-                **metrics[spec.text],
-            })
+            top1_base = ev.counts[base_spec.text].metrics(ev.labeled)["top1"]
+            for t in evaluated:
+                m = ev.counts[t].metrics(ev.labeled)
+                store.put(key(bname, by_text[t], "eval"), {
+                    **m, "delta_top1": m["top1"] - top1_base, "eval_images": ev.n_images,
+                    "eval_failed": len(ev.failed), "failed_images": ev.failed,
+                    "labeled": ev.labeled, "data_config": ev.data_config})
         for h in handles.values():
             h.remove()
         del models
+
+    rows, skipped, failed_images = [], [], []
+    for bname in backbone_names:
+        base_flops = store.get(key(bname, base_spec, "flops"))
+        for spec in specs:
+            gap = store.get(key(bname, spec, "unsupported"))
+            if gap is not None:
+                skipped.append({"backbone": bname, "method": spec.text, "reason": gap["reason"]})
+                continue
+            payloads = {k: store.get(key(bname, spec, k)) for k in kinds}
+            rows.append(make_row(bname, spec.text, batch_size, input_size, payloads, base_flops))
+            if payloads.get("eval") and not failed_images:
+                failed_images = [tuple(f) for f in payloads["eval"]["failed_images"]]
     df = pd.DataFrame(rows, columns=COLUMNS)
     df.attrs["skipped"] = skipped
     df.attrs["failed_images"] = failed_images
     return df
+
+
+def make_row(backbone: str, method_text: str, batch_size: int, input_size: int,
+             payloads: dict, base_flops: Optional[dict]) -> dict:
+    """One table row from stored measurements (missing kinds give empty cells)."""
+    flops, timing, ev = (payloads.get(k) or {} for k in ("flops", "timing", "eval"))
+    env = timing.get("env", {})
+    name, _, params = method_text.partition(":")
+    g = flops.get("gflops")
+    g0 = (base_flops or {}).get("gflops")
+    row = {"backbone": backbone, "method": name.strip(), "params": params.strip(),
+           "n_params": flops.get("n_params"), "gflops": g,
+           "flop_reduction_pct": 100.0 * (1 - g / g0) if g is not None and g0 else None,
+           "batch_size": batch_size, "input_size": input_size,
+           "dtype": env.get("dtype", "") + ("+amp" if env.get("amp") else ""),
+           "tokens_out": flops.get("tokens_out")}
+    for k in ("images_per_s", "speedup", "latency_median_ms", "latency_iqr_ms"):
+        row[k] = timing.get(k)
+    for k in ("device", "device_name", "threads", "torch", "timm", "tokenred", "scan_backend"):
+        row[k] = env.get(k)
+    for k in ("top1", "top5", "delta_top1", "agreement", "kl", "eval_images", "eval_failed"):
+        row[k] = ev.get(k)
+    return row

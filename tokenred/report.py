@@ -2,6 +2,7 @@
 leaves a half-written report behind."""
 from __future__ import annotations
 
+import html
 import math
 import os
 import tempfile
@@ -51,50 +52,241 @@ def _cell(value: Any, fmt: str) -> str:
     return fmt.format(value)
 
 
-def markdown_table(df: pd.DataFrame) -> str:
-    """One table per backbone, methods as rows, then the environment it was measured in."""
-    parts = []
-    for backbone, group in df.groupby("backbone", sort=False):
-        first = group.iloc[0]
-        parts.append(f"### {backbone}\n\n{first['n_params'] / 1e6:.2f} M params · batch "
-                     f"{first['batch_size']} · {first['input_size']}² · {first['dtype']} · "
-                     f"{first['device']}\n")
-        columns = TABLE_COLUMNS + [c for c in EVAL_COLUMNS
-                                   if c[0] in group and group[c[0]].notna().any()]
-        header = [title for _, title, _ in columns]
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        for _, row in group.iterrows():
-            cells = []
-            for key, _, fmt in columns:
-                if key == "latency_median_ms":
-                    cells.append(f"{row['latency_median_ms']:.1f} ({row['latency_iqr_ms']:.1f})")
-                else:
-                    cells.append(_cell(row[key], fmt))
-            lines.append("| " + " | ".join(cells) + " |")
-        parts.append("\n".join(lines) + "\n")
+#: which way is better, for bold-facing the best value of a column
+_BETTER = {"gflops": min, "flop_reduction_pct": max, "images_per_s": max, "speedup": max,
+           "latency_median_ms": min, "top1": max, "delta_top1": max, "top5": max,
+           "agreement": max, "kl": min}
+FORMATS = ("md", "csv", "tex", "html")
+
+
+def _columns(group: pd.DataFrame) -> list:
+    return TABLE_COLUMNS + [c for c in EVAL_COLUMNS
+                            if c[0] in group and group[c[0]].notna().any()]
+
+
+def _best(group: pd.DataFrame, key: str):
+    if key not in _BETTER or key not in group or not group[key].notna().any():
+        return None
+    return _BETTER[key](group[key].dropna())
+
+
+def _cells(group: pd.DataFrame, row: pd.Series, columns: list) -> list[tuple[str, bool]]:
+    """(text, is_best) for each column of ``row``."""
+    out = []
+    for key, _, fmt in columns:
+        if key == "latency_median_ms":
+            text = (_cell(row["latency_median_ms"], "{:.1f}") + " ("
+                    + _cell(row["latency_iqr_ms"], "{:.1f}") + ")")
+        else:
+            text = _cell(row[key], fmt)
+        best = _best(group, key)
+        out.append((text, best is not None and len(group) > 1 and row[key] == best))
+    return out
+
+
+def _header_line(first: pd.Series) -> str:
+    n_params = "–" if pd.isna(first["n_params"]) else f"{first['n_params'] / 1e6:.2f} M params"
+    return (f"{n_params} · batch {first['batch_size']} · {first['input_size']}² · "
+            f"{first['dtype']} · {first['device']}")
+
+
+def _notes(df: pd.DataFrame) -> list[str]:
+    notes = []
     if "eval_images" in df and df["eval_images"].notna().any():
         first = df[df["eval_images"].notna()].iloc[0]
-        parts.append(f"Evaluated on {int(first['eval_images'])} images "
-                     f"({int(first['eval_failed'])} could not be decoded and were skipped).\n")
+        notes.append(f"Evaluated on {int(first['eval_images'])} images "
+                     f"({int(first['eval_failed'])} could not be decoded and were skipped).")
     failed = df.attrs.get("failed_images", [])
     if failed:
         listed = "; ".join(f"{p} ({why})" for p, why in failed[:20])
-        parts.append(f"Not decodable: {listed}" + (" ..." if len(failed) > 20 else "") + "\n")
+        notes.append(f"Not decodable: {listed}" + (" ..." if len(failed) > 20 else ""))
     for gap in df.attrs.get("skipped", []):
-        parts.append(f"Not run: `{gap['method']}` on {gap['backbone']} ({gap['reason']}).\n")
-    env = df.iloc[0]
-    parts.append(f"Environment: {env['device_name']} ({env['device']}), {env['threads']} threads, "
-                 f"torch {env['torch']}, timm {env['timm']}, tokenred {env['tokenred']}. "
-                 "GFLOPs are multiply-adds per image (fvcore/paper convention); speedup is "
-                 "images/s over `none` on the same backbone, timed interleaved in one run; latency "
-                 "is the median per batch with its interquartile range.\n")
+        notes.append(f"Not run: `{gap['method']}` on {gap['backbone']} ({gap['reason']}).")
+    timed = df[df["device_name"].notna()] if "device_name" in df else df.iloc[0:0]
+    if len(timed):
+        env = timed.iloc[0]
+        notes.append(f"Environment: {env['device_name']} ({env['device']}), {env['threads']} "
+                     f"threads, torch {env['torch']}, timm {env['timm']}, tokenred "
+                     f"{env['tokenred']}, scan backend {env.get('scan_backend', '–')}. "
+                     "GFLOPs are multiply-adds per image (fvcore/paper convention); speedup is "
+                     "images/s over `none` on the same backbone, timed interleaved in one run; "
+                     "latency is the median per batch with its interquartile range; best value "
+                     "per column in bold.")
+    return notes
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """One table per backbone, methods as rows (best value per column in bold), then notes and
+    the environment it was measured in."""
+    parts = []
+    for backbone, group in df.groupby("backbone", sort=False):
+        parts.append(f"### {backbone}\n\n{_header_line(group.iloc[0])}\n")
+        columns = _columns(group)
+        header = [title for _, title, _ in columns]
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        for _, row in group.iterrows():
+            cells = [f"**{t}**" if best else t for t, best in _cells(group, row, columns)]
+            lines.append("| " + " | ".join(cells) + " |")
+        parts.append("\n".join(lines) + "\n")
+    parts.extend(n + "\n" for n in _notes(df))
     return "\n".join(parts)
 
 
-def write_run(df: pd.DataFrame, out_dir: str) -> dict[str, str]:
+_TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                "^": r"\textasciicircum{}"}
+_TEX_SYMBOLS = {"×": r"$\times$", "Δ": r"$\Delta$", "²": r"$^2$", "‖": r"$\Vert$", "–": "--",
+                "·": r"$\cdot$"}
+
+
+def latex_escape(text: str) -> str:
+    out = "".join(_TEX_ESCAPES.get(ch, ch) for ch in str(text))
+    for symbol, tex in _TEX_SYMBOLS.items():
+        out = out.replace(symbol, tex)
+    return out
+
+
+def latex_tables(df: pd.DataFrame) -> str:
+    """booktabs tables (``\\usepackage{booktabs}``), one per backbone, best values in bold."""
+    parts = []
+    for backbone, group in df.groupby("backbone", sort=False):
+        columns = _columns(group)
+        spec = "l" * 2 + "r" * (len(columns) - 2)
+        lines = [r"\begin{table}[t]", r"\centering",
+                 rf"\caption{{{latex_escape(backbone)}: {latex_escape(_header_line(group.iloc[0]))}}}",
+                 rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
+                 " & ".join(latex_escape(t) for _, t, _ in columns) + r" \\", r"\midrule"]
+        for _, row in group.iterrows():
+            cells = [rf"\textbf{{{latex_escape(t)}}}" if best else latex_escape(t)
+                     for t, best in _cells(group, row, columns)]
+            lines.append(" & ".join(cells) + r" \\")
+        lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+        parts.append("\n".join(lines))
+    parts.extend("% " + latex_escape(n) + "\n" for n in _notes(df))
+    return "\n".join(parts)
+
+
+def html_tables(df: pd.DataFrame) -> str:
+    parts = ["<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>tokenred report</title>"
+             "<style>table{border-collapse:collapse}td,th{padding:2px 8px;border-bottom:1px solid #ccc}"
+             "td{text-align:right}</style></head><body>"]
+    for backbone, group in df.groupby("backbone", sort=False):
+        columns = _columns(group)
+        parts.append(f"<h3>{html.escape(backbone)}</h3><p>{html.escape(_header_line(group.iloc[0]))}</p>")
+        parts.append("<table><tr>" + "".join(f"<th>{html.escape(t)}</th>" for _, t, _ in columns)
+                     + "</tr>")
+        for _, row in group.iterrows():
+            cells = [f"<td><b>{html.escape(t)}</b></td>" if best else f"<td>{html.escape(t)}</td>"
+                     for t, best in _cells(group, row, columns)]
+            parts.append("<tr>" + "".join(cells) + "</tr>")
+        parts.append("</table>")
+    parts.extend(f"<p>{html.escape(n)}</p>" for n in _notes(df))
+    parts.append("</body></html>\n")
+    return "\n".join(parts)
+
+
+def pareto_front(xs: list[float], ys: list[float], x_larger_better: bool) -> list[int]:
+    """Indices of the points no other point beats in both x and y (y: larger is better), sorted
+    by x."""
+    front = []
+    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        dominated = any(
+            (xj >= x if x_larger_better else xj <= x) and yj >= y and (xj != x or yj != y)
+            for j, (xj, yj) in enumerate(zip(xs, ys, strict=True)) if j != i)
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: xs[i])
+
+
+def write_plots(df: pd.DataFrame, out_dir: str) -> list[str]:
+    """Accuracy (top-1, or agreement on unlabeled data) vs throughput and vs GFLOPs, one figure
+    per backbone, PNG and SVG, Pareto front drawn. Nothing without evaluation results."""
+    if "agreement" not in df or not df["agreement"].notna().any():
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for backbone, group in df.groupby("backbone", sort=False):
+        group = group[group["agreement"].notna()]
+        metric = "top1" if group["top1"].notna().all() else "agreement"
+        label = "top-1 %" if metric == "top1" else "agreement with none %"
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        for ax, (xkey, xlabel, larger) in zip(axes, (("images_per_s", "images/s", True),
+                                                     ("gflops", "GFLOPs", False)), strict=True):
+            xs, ys = group[xkey].tolist(), group[metric].tolist()
+            names = [m + (f":{p}" if p else "") for m, p in zip(group["method"], group["params"],
+                                                                 strict=True)]
+            ax.scatter(xs, ys)
+            for x, y, name in zip(xs, ys, names, strict=True):
+                ax.annotate(name, (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
+            front = pareto_front(xs, ys, larger)
+            ax.plot([xs[i] for i in front], [ys[i] for i in front], "--", label="Pareto front")
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(label)
+            ax.legend(fontsize=8)
+        fig.suptitle(backbone)
+        fig.tight_layout()
+        for ext in ("png", "svg"):
+            path = os.path.join(out_dir, f"{backbone}.{ext}")
+            tmp = os.path.join(out_dir, f".tmp-{backbone}.{ext}")
+            fig.savefig(tmp, format=ext, dpi=120)
+            os.replace(tmp, path)
+            written.append(path)
+        plt.close(fig)
+    return written
+
+
+def write_report(df: pd.DataFrame, out_dir: str, formats=FORMATS, plots: bool = True) -> dict:
+    """Write the chosen formats (``results.md``/``.csv``/``.tex``/``.html``) and the plots into
+    ``out_dir``, each file atomically."""
+    bad = sorted(set(formats) - set(FORMATS))
+    if bad:
+        raise ValueError(f"unknown report format(s) {bad}; choose from {list(FORMATS)}")
     os.makedirs(out_dir, exist_ok=True)
-    paths = {"csv": os.path.join(out_dir, "results.csv"),
-             "md": os.path.join(out_dir, "results.md")}
-    atomic_write_text(paths["csv"], df.to_csv(index=False))
-    atomic_write_text(paths["md"], markdown_table(df))
+    render = {"md": markdown_table, "csv": lambda d: d.to_csv(index=False),
+              "tex": latex_tables, "html": html_tables}
+    paths = {}
+    for fmt in formats:
+        paths[fmt] = os.path.join(out_dir, f"results.{fmt}")
+        atomic_write_text(paths[fmt], render[fmt](df))
+    if plots:
+        paths["plots"] = write_plots(df, out_dir)
     return paths
+
+
+def write_run(df: pd.DataFrame, out_dir: str) -> dict[str, str]:
+    return write_report(df, out_dir, formats=("csv", "md"), plots=False)
+
+
+def table_from_store(store) -> pd.DataFrame:
+    """The comparison table from a run's results store alone: the latest measurement of each kind
+    per backbone, method, input size, batch size, dtype and device."""
+    from .compare import COLUMNS, make_row
+
+    latest: dict[tuple, dict] = {}
+    order: list[tuple] = []
+    skipped, failed = [], []
+    for key, payload in store.items():
+        group = (key.backbone, key.method, key.input_size, key.batch_size, key.dtype, key.device)
+        if group not in latest:
+            latest[group] = {}
+            order.append(group)
+        latest[group][key.kind] = payload
+    rows = []
+    for group in order:
+        payloads = latest[group]
+        if "unsupported" in payloads:
+            skipped.append({"backbone": group[0], "method": group[1],
+                            "reason": payloads["unsupported"]["reason"]})
+            continue
+        base = latest.get((group[0], "none") + group[2:], {}).get("flops")
+        rows.append(make_row(group[0], group[1], group[3], group[2], payloads, base))
+        if "eval" in payloads and not failed:
+            failed = [tuple(f) for f in payloads["eval"].get("failed_images", [])]
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df.attrs["skipped"] = skipped
+    df.attrs["failed_images"] = failed
+    return df

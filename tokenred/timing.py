@@ -105,6 +105,10 @@ def environment(device: torch.device, dtype: torch.dtype, amp: bool) -> dict[str
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "cudnn_deterministic": torch.backends.cudnn.deterministic,
     }
+    from .kernels import resolve_backend
+
+    # the selective-scan backend SSM backbones use here unless a model pins its own
+    env["scan_backend"] = resolve_backend(None, device)
     if device.type == "cuda":
         env["cuda"] = torch.version.cuda
     return env
