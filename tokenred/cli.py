@@ -61,13 +61,18 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         checkpoints[name.strip()] = path.strip()
     overrides = {k: v for k, v in (("crop_pct", args.crop_pct),
                                    ("interpolation", args.interpolation)) if v is not None}
+    device, rank = _init_distributed(args.device)
+    lead = rank == 0
+    if not lead:
+        bar.disable = True
     created = not os.path.exists(out_dir)
     store = ResultsStore.in_run_dir(out_dir)
-    store.log_run({k: v for k, v in vars(args).items() if k != "fn"})
-    print(f"run directory {out_dir} (results store {store.path}; re-running the same command "
-          f"measures only what it lacks)", file=sys.stderr)
+    if lead:
+        store.log_run({k: v for k, v in vars(args).items() if k != "fn"})
+        print(f"run directory {out_dir} (results store {store.path}; re-running the same command "
+              f"measures only what it lacks)", file=sys.stderr)
     try:
-        df = tokenred.compare(backbones, specs, checkpoints=checkpoints, device=args.device,
+        df = tokenred.compare(backbones, specs, checkpoints=checkpoints, device=device,
                               batch_size=args.batch_size, input_size=args.input_size,
                               dtype=args.dtype, amp=args.amp, warmup=args.warmup,
                               iters=args.iters, rounds=args.rounds, threads=args.threads,
@@ -75,18 +80,47 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                               limit=args.limit, num_workers=args.num_workers,
                               transform_overrides=overrides, store=store, progress=progress)
     except BaseException:
-        if created and len(store) == 0:  # a run that measured nothing leaves no directory behind
+        if lead and created and len(store) == 0:  # a run that measured nothing leaves no directory
             store.close()
             shutil.rmtree(out_dir, ignore_errors=True)
         raise
     finally:
         bar.close()
         store.close()
+        _finish_distributed()
+    if not lead:
+        return 0
     print(markdown_table(df))
     paths = write_report(df, out_dir)
     print(f"wrote {', '.join(v for k, v in paths.items() if k != 'plots')}"
           + (f" and {len(paths['plots'])} plot files" if paths.get("plots") else ""))
     return 0
+
+
+def _init_distributed(device: str) -> tuple[str, int]:
+    """Under ``torchrun`` (WORLD_SIZE > 1): join the process group (NCCL on CUDA, gloo on CPU)
+    and give each process its own GPU. Returns (device, rank)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return device, 0
+    import torch
+    import torch.distributed as dist
+
+    cuda = device.startswith("cuda")
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return device, dist.get_rank()
+
+
+def _finish_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _arguments_digest(args: argparse.Namespace, backbones: list, specs: list) -> str:

@@ -13,7 +13,7 @@ import torch
 from .apply import UnsupportedSiteKindError, apply
 from .backbone import create_backbone
 from .checkpoint import load_checkpoint
-from .evaluate import evaluate, require_readable, scan_folder
+from .evaluate import distributed_rank_world, evaluate, require_readable, scan_folder
 from .flops import count_flops, count_params
 from .params import ParameterError, parse_method_spec, split_method_list, split_top_level
 from .registry import get_backbone, get_method
@@ -158,7 +158,12 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
 
     kinds = ("flops", "timing") + (("eval",) if images is not None else ())
     base_spec = next(s for s in specs if s.is_baseline)
+    # under torch.distributed: rank 0 counts, times (one device per configuration) and writes
+    # the store; every rank evaluates its shard of the images
+    rank, world = distributed_rank_world()
+    lead = rank == 0
     for bname in backbone_names:
+        _barrier(world)  # every rank reads the same stored state before deciding what to measure
         todo = {spec.text: [k for k in kinds if store.get(key(bname, spec, k)) is None]
                 for spec in specs if store.get(key(bname, spec, "unsupported")) is None}
         if not any(todo.values()):
@@ -181,11 +186,12 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
             except UnsupportedSiteKindError as exc:
                 # a method that cannot serve this backbone's site kinds is a gap in the table,
                 # not a failure of the whole comparison
-                store.put(key(bname, spec, "unsupported"), {"reason": str(exc)})
+                if lead:
+                    store.put(key(bname, spec, "unsupported"), {"reason": str(exc)})
                 report(f"{bname} {spec.text}: not supported, skipped")
                 continue
             models[spec.text] = model
-            if "flops" in todo[spec.text]:
+            if "flops" in todo[spec.text] and lead:
                 report(f"{bname} {spec.text}: count FLOPs")
                 count = count_flops(model, input_size)
                 tokens = handles[spec.text].state.tokens
@@ -195,7 +201,7 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
                     "uncounted": count.uncounted})
         del base
         by_text = {s.text: s for s in specs}
-        timed = [t for t in models if "timing" in todo[t]]
+        timed = [t for t in models if "timing" in todo[t]] if lead else []
         if timed:
             group = {t: models[t] for t in models if t in timed or t == base_spec.text}
             results = benchmark_interleaved(group, input_size, batch_size, dev, dtype, amp, warmup,
@@ -216,7 +222,7 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
                           resolve_dtype(dtype), amp, num_workers, transform_overrides)
             require_readable(ev, images.root)
             top1_base = ev.counts[base_spec.text].metrics(ev.labeled)["top1"]
-            for t in evaluated:
+            for t in evaluated if lead else ():
                 m = ev.counts[t].metrics(ev.labeled)
                 store.put(key(bname, by_text[t], "eval"), {
                     **m, "delta_top1": m["top1"] - top1_base, "eval_images": ev.n_images,
@@ -226,6 +232,7 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
             h.remove()
         del models
 
+    _barrier(world)  # rank 0's last writes are visible to every rank
     rows, skipped, failed_images = [], [], []
     for bname in backbone_names:
         base_flops = store.get(key(bname, base_spec, "flops"))
@@ -265,3 +272,10 @@ def make_row(backbone: str, method_text: str, batch_size: int, input_size: int,
     for k in ("top1", "top5", "delta_top1", "agreement", "kl", "eval_images", "eval_failed"):
         row[k] = ev.get(k)
     return row
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()

@@ -168,10 +168,16 @@ def batches(images: ImageList, transform: Callable, batch_size: int, num_workers
 
 def evaluate(models: Mapping[str, nn.Module], baseline: str, images: ImageList, input_size: int,
              batch_size: int, device: torch.device, dtype: torch.dtype = torch.float32,
-             amp: bool = False, num_workers: int = 0, transform_overrides: Optional[dict] = None,
-             indices: Optional[Sequence[int]] = None) -> EvalResult:
+             amp: bool = False, num_workers: int = 0,
+             transform_overrides: Optional[dict] = None) -> EvalResult:
     """Evaluate every model of one backbone on the same batches; ``baseline`` (the unreduced
-    model) is the reference for agreement and KL. ``indices`` restricts to a shard."""
+    model) is the reference for agreement and KL.
+
+    Under ``torch.distributed`` (e.g. ``torchrun``) every process evaluates the images whose
+    index ≡ its rank (mod world size) — each image exactly once, no padding duplicates — and the
+    counts and failures are summed over processes, so every rank returns the full result."""
+    rank, world = distributed_rank_world()
+    indices = range(rank, len(images.paths), world) if world > 1 else None
     if baseline not in models:
         raise ValueError(f"baseline {baseline!r} is not among the models {list(models)}")
     transform, config = eval_transform(models[baseline], input_size, transform_overrides)
@@ -206,7 +212,35 @@ def evaluate(models: Mapping[str, nn.Module], baseline: str, images: ImageList, 
                 if images.labeled:
                     c.correct1 += int((top[:, 0] == y).sum())
                     c.correct5 += int((top == y[:, None]).any(-1).sum())
+    if world > 1:
+        seen, failed = _all_reduce(counts, seen, failed, device)
     return EvalResult(counts, images.labeled, seen, failed, dict(config))
+
+
+def distributed_rank_world() -> tuple[int, int]:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_reduce(counts: dict[str, EvalCounts], seen: int, failed: list, device: torch.device):
+    import torch.distributed as dist
+
+    names = sorted(counts)
+    # float64 keeps integer counts exact far beyond any dataset size
+    comm_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    t = torch.tensor([[counts[n].n, counts[n].correct1, counts[n].correct5, counts[n].agree,
+                       counts[n].kl_sum] for n in names] + [[seen, 0, 0, 0, 0]],
+                     dtype=torch.float64, device=comm_device)
+    dist.all_reduce(t)
+    for n, row in zip(names, t[:-1].tolist(), strict=True):
+        counts[n] = EvalCounts(int(row[0]), int(row[1]), int(row[2]), int(row[3]), row[4])
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, failed)
+    merged = sorted((f for part in gathered for f in part), key=lambda f: f[0])
+    return int(t[-1, 0].item()), merged
 
 
 def require_readable(result: EvalResult, root: str) -> None:
