@@ -116,3 +116,26 @@ def test_embedded_default_end_to_end(tmp_path, capsys):
     assert "| tome | r=13 |" in out
     assert "Not run: `tome:r=13` on vmamba_tiny_s1l8" in out
     assert "Not run: `random_drop` on vmamba_tiny_s1l8" in (tmp_path / "results.md").read_text()
+
+
+def test_presets_fill_unset_flags(monkeypatch, tmp_path):
+    import tokenred
+
+    seen = {}
+
+    def fake_compare(backbones, specs, **kwargs):
+        seen.update(kwargs, backbones=backbones, methods=[s.text for s in specs])
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(tokenred, "compare", fake_compare)
+    assert main(["compare", "--preset", "tome-paper", "--batch-size", "16", "--no-progress",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert seen["backbones"][0] == "vit_small_patch16_224.augreg_in21k_ft_in1k"
+    assert seen["methods"] == ["none", "tome:r=13"]
+    assert seen["batch_size"] == 16 and seen["dtype"] == "float32" and seen["pretrained"] is True
+    assert seen["device"] == "cuda"
+
+
+def test_quartermap_preset_says_what_is_missing(capsys):
+    assert main(["compare", "--preset", "quartermap-paper", "--no-progress"]) == 2
+    assert "needs method(s) ['quartermap']" in capsys.readouterr().err

@@ -38,8 +38,17 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from tokenred.report import markdown_table, write_report
     from tokenred.store import ResultsStore
 
-    backbones = as_list(args.backbones) if args.backbones else list(DEFAULT_BACKBONES)
-    methods = as_method_list(args.methods) if args.methods else list(DEFAULT_METHODS)
+    from tokenred.presets import get_preset
+
+    preset = get_preset(args.preset) if args.preset else {}
+    backbones = (as_list(args.backbones) if args.backbones
+                 else list(preset.get("backbones", DEFAULT_BACKBONES)))
+    methods = (as_method_list(args.methods) if args.methods
+               else list(preset.get("methods", DEFAULT_METHODS)))
+    args.device = args.device or preset.get("device", "cpu")
+    args.dtype = args.dtype or preset.get("dtype", "float32")
+    args.batch_size = args.batch_size or preset.get("batch_size")
+    args.pretrained = args.pretrained or preset.get("pretrained", False)
     specs = [MethodSpec.parse(m) for m in methods]  # fail on a bad spec before any work
     n_methods = len(specs) + (0 if any(s.is_baseline for s in specs) else 1)  # compare adds none
     rounds = min(args.rounds, args.iters) if args.iters else args.rounds
@@ -173,10 +182,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", help="comma-separated specs: name or name:key=value,key=value, "
                                      "e.g. none,tome:r=13,prop_attn=false,random_drop:keep=0.5 "
                                      "(brackets keep commas inside values: tome:r=[8,8,4])")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--preset", default=None,
+                   help="a published comparison: quartermap-paper or tome-paper (see README); "
+                        "flags given explicitly override it")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--batch-size", type=int, default=None, help="default 8 on CPU, 128 on CUDA")
     p.add_argument("--input-size", type=int, default=224, help="square image side (default 224)")
-    p.add_argument("--dtype", default="float32", help="float32, float16 or bfloat16")
+    p.add_argument("--dtype", default=None, help="float32 (default), float16 or bfloat16")
     p.add_argument("--amp", action="store_true", help="fp32 weights under autocast to --dtype")
     p.add_argument("--warmup", type=int, default=None, help="untimed forwards (CPU 3, CUDA 50)")
     p.add_argument("--iters", type=int, default=None, help="timed forwards (CPU 10, CUDA 30)")

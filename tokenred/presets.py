@@ -1,0 +1,65 @@
+"""Published comparisons as one-command presets (``tokenred compare --preset NAME --data DIR``).
+
+Each preset fixes backbones, methods and the measurement protocol of the paper it reproduces;
+``published`` holds the paper's numbers for the columns they should be compared with. Flags given
+on the command line override a preset's values.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "quartermap-paper": {
+        "doc": "QuarterMap vs ToMe and random drop on VMamba-T/S/B (ImageNet-1k val, batch 128, "
+               "fp32, GPU; VMamba's throughput protocol: 50 warm-up + 30 timed)",
+        "backbones": ["vmamba_tiny_s1l8", "vmamba_small_s2l15", "vmamba_base_s2l15"],
+        "methods": ["none", "quartermap", "tome", "random_drop"],
+        "batch_size": 128, "dtype": "float32", "device": "cuda", "pretrained": True,
+        "published": {
+            # VMamba README (A100, batch 128, fp32): the unreduced rows
+            "vmamba_tiny_s1l8 none": {"top1": 82.6, "gflops": 4.9, "images_per_s": 1686},
+            "vmamba_small_s2l15 none": {"top1": 83.6, "gflops": 8.7, "images_per_s": 877},
+            "vmamba_base_s2l15 none": {"top1": 83.9, "gflops": 15.4, "images_per_s": 646},
+            # QuarterMap abstract: up to 1.11x speedup at < 0.9 pt top-1 loss (rows not public)
+            "quartermap": {"speedup": "up to 1.11", "delta_top1": "> -0.9"},
+        },
+    },
+    "tome-paper": {
+        "doc": "ToMe r=13 off the shelf on timm ViT-S/16 and ViT-B/16 (AugReg) and DeiT-S "
+               "(ImageNet-1k val, batch 256, fp32, GPU)",
+        "backbones": ["vit_small_patch16_224.augreg_in21k_ft_in1k",
+                      "vit_base_patch16_224.augreg_in21k_ft_in1k", "deit_small_patch16_224"],
+        "methods": ["none", "tome:r=13"],
+        "batch_size": 256, "dtype": "float32", "device": "cuda", "pretrained": True,
+        "published": {
+            # ToMe README, V100: off-the-shelf AugReg models
+            "vit_small_patch16_224.augreg_in21k_ft_in1k": {"top1": (81.41, 79.30),
+                                                           "images_per_s": (953, 1564)},
+            "vit_base_patch16_224.augreg_in21k_ft_in1k": {"top1": (84.57, 82.60),
+                                                          "images_per_s": (309, 511)},
+            # ToMe README: DeiT-S *trained with* ToMe (79.8 -> 79.36, 1.67x); off-the-shelf
+            # DeiT-S weights (what timm ships) are expected to lose more
+            "deit_small_patch16_224": {"top1": (79.8, 79.36), "speedup": 1.67,
+                                       "note": "ToMe-trained checkpoint, not timm's"},
+        },
+    },
+}
+
+
+def get_preset(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets: {sorted(PRESETS)}")
+    preset = PRESETS[name]
+    from .registry import get_method, list_methods
+
+    missing = []
+    for spec in preset["methods"]:
+        method = spec.partition(":")[0]
+        try:
+            get_method(method)
+        except KeyError:
+            missing.append(method)
+    if missing:
+        raise ValueError(f"preset {name!r} needs method(s) {missing}, which are not registered in "
+                         f"this tokenred (available: {list_methods()})")
+    return preset
