@@ -145,6 +145,17 @@ def _arguments_digest(args: argparse.Namespace, backbones: list, specs: list) ->
     return hashlib.sha256(text.encode()).hexdigest()[:10]
 
 
+def _cmd_visualize(args: argparse.Namespace) -> int:
+    from tokenred.visualize import visualize
+
+    out = args.out or (os.path.splitext(os.path.basename(args.image))[0] + "-"
+                       + "".join(c if c.isalnum() else "_" for c in args.method) + ".png")
+    groups = visualize(args.backbone, args.method, args.image, out, args.input_size,
+                       args.checkpoint, args.pretrained)
+    print(f"wrote {out} ({groups.num_tokens} tokens from {groups.groups.size} patches)")
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from tokenred.report import table_from_store, write_report
     from tokenred.store import STORE_NAME, ResultsStore
@@ -212,6 +223,16 @@ def build_parser() -> argparse.ArgumentParser:
                                  "reports/run-<digest of the settings>: the same command resumes)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(fn=_cmd_compare)
+
+    p = sub.add_parser("visualize", help="draw which patches each token holds after a method")
+    p.add_argument("--backbone", default="deit_small_patch16_224")
+    p.add_argument("--method", required=True, help="a method spec, e.g. tome:r=13")
+    p.add_argument("--image", required=True, help="an image file")
+    p.add_argument("--out", help="PNG to write (default <image>-<method>.png)")
+    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--checkpoint", default=None, help="local weights for the backbone")
+    p.add_argument("--pretrained", action="store_true", help="timm pretrained weights")
+    p.set_defaults(fn=_cmd_visualize)
 
     p = sub.add_parser("report", help="regenerate a run's tables and plots from its results store")
     p.add_argument("run_dir", help="a run directory written by `tokenred compare`")
