@@ -18,7 +18,7 @@ from .flops import count_flops, count_params
 from .params import ParameterError, parse_method_spec, split_method_list, split_top_level
 from .registry import get_backbone, get_method
 from .store import Key, ResultsStore
-from .timing import benchmark_interleaved, resolve_device, resolve_dtype
+from .timing import benchmark_interleaved, environment, resolve_device, resolve_dtype
 
 DEFAULT_BACKBONES = ("deit_small_patch16_224", "vmamba_tiny_s1l8")
 DEFAULT_METHODS = ("none", "tome:r=13", "random_drop")
@@ -156,6 +156,7 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
         return Key(bname, spec.text, input_size, batch_size, dtype_text, device_text, kind,
                    variant_of(bname, kind))
 
+    run_env = environment(dev, resolve_dtype(dtype), amp)   # stored with every measurement
     kinds = ("flops", "timing") + (("eval",) if images is not None else ())
     base_spec = next(s for s in specs if s.is_baseline)
     # under torch.distributed: rank 0 counts, times (one device per configuration) and writes
@@ -187,7 +188,7 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
                 # a method that cannot serve this backbone's site kinds is a gap in the table,
                 # not a failure of the whole comparison
                 if lead:
-                    store.put(key(bname, spec, "unsupported"), {"reason": str(exc)})
+                    store.put(key(bname, spec, "unsupported"), {"reason": str(exc), "env": run_env})
                 report(f"{bname} {spec.text}: not supported, skipped")
                 continue
             models[spec.text] = model
@@ -198,7 +199,7 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
                 store.put(key(bname, spec, "flops"), {
                     "n_params": n_params, "gflops": count.gflops,
                     "tokens_out": list(tokens.values())[-1] if tokens else None,
-                    "uncounted": count.uncounted})
+                    "uncounted": count.uncounted, "env": run_env})
         del base
         by_text = {s.text: s for s in specs}
         timed = [t for t in models if "timing" in todo[t]] if lead else []
@@ -227,7 +228,7 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
                 store.put(key(bname, by_text[t], "eval"), {
                     **m, "delta_top1": m["top1"] - top1_base, "eval_images": ev.n_images,
                     "eval_failed": len(ev.failed), "failed_images": ev.failed,
-                    "labeled": ev.labeled, "data_config": ev.data_config})
+                    "labeled": ev.labeled, "data_config": ev.data_config, "env": run_env})
         for h in handles.values():
             h.remove()
         del models
