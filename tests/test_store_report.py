@@ -160,3 +160,23 @@ def test_table_from_store_lists_unsupported_methods(tmp_path):
     df = table_from_store(store)
     assert list(df["method"]) == ["none"]
     assert df.attrs["skipped"][0]["method"] == "tome:r=2"
+
+
+def test_bold_marks_the_best_value_but_not_ties():
+    from tokenred.compare import COLUMNS
+    from tokenred.report import markdown_table
+
+    base = {c: None for c in COLUMNS}
+    rows = [dict(base, backbone="b", method="none", params="", n_params=1e6, gflops=4.0,
+                 images_per_s=10.0, speedup=1.0, latency_median_ms=5.0, latency_iqr_ms=0.1,
+                 top1=0.0, agreement=100.0, batch_size=1, input_size=8, dtype="float32",
+                 device="cpu"),
+            dict(base, backbone="b", method="tome", params="r=2", n_params=1e6, gflops=2.0,
+                 images_per_s=15.0, speedup=1.5, latency_median_ms=3.0, latency_iqr_ms=0.1,
+                 top1=0.0, agreement=90.0, batch_size=1, input_size=8, dtype="float32",
+                 device="cpu")]
+    table = markdown_table(pd.DataFrame(rows, columns=COLUMNS))
+    tome = next(line for line in table.splitlines() if line.startswith("| tome"))
+    none = next(line for line in table.splitlines() if line.startswith("| none"))
+    assert "**2.000**" in tome and "**1.50×**" in tome and "**100.00**" in none
+    assert "**0.00**" not in table          # equal top-1 everywhere: nothing to single out

@@ -65,9 +65,13 @@ def _columns(group: pd.DataFrame) -> list:
 
 
 def _best(group: pd.DataFrame, key: str):
-    if key not in _BETTER or key not in group or not group[key].notna().any():
+    """The best value of a column, or None where nothing stands out (all equal, or empty)."""
+    if key not in _BETTER or key not in group:
         return None
-    return _BETTER[key](group[key].dropna())
+    values = group[key].dropna()
+    if values.nunique() < 2:
+        return None
+    return _BETTER[key](values)
 
 
 def _cells(group: pd.DataFrame, row: pd.Series, columns: list) -> list[tuple[str, bool]]:
