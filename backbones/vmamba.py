@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import os
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
@@ -193,8 +194,9 @@ class PatchMerging2D(nn.Module):
         return self.reduction(self.norm(x))
 
 
-class _ChannelLastConv(nn.Module):
-    """Parameter-free slot holder: the official Sequential has Permute/Identity modules here."""
+class _Placeholder(nn.Module):
+    """Keeps the official Sequential's indices: it has parameter-free Permute/Identity modules
+    here (our forward does the layout changes itself)."""
 
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - never called
         return x
@@ -208,7 +210,7 @@ class ConvDownsample(nn.Sequential):
     """Downsample v3: 3x3 stride-2 conv + LayerNorm (official indices 1 and 3)."""
 
     def __init__(self, dim: int, out_dim: int):
-        super().__init__(_ChannelLastConv(), nn.Conv2d(dim, out_dim, 3, 2, 1), _ChannelLastConv(),
+        super().__init__(_Placeholder(), nn.Conv2d(dim, out_dim, 3, 2, 1), _Placeholder(),
                          nn.LayerNorm(out_dim))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -224,13 +226,13 @@ class PatchEmbed(nn.Sequential):
             return nn.LayerNorm(c) if norm else nn.Identity()
 
         if version == "v1":
-            super().__init__(nn.Conv2d(in_chans, dim, patch_size, patch_size), _ChannelLastConv(), ln(dim))
+            super().__init__(nn.Conv2d(in_chans, dim, patch_size, patch_size), _Placeholder(), ln(dim))
         elif version == "v2":
             stride = patch_size // 2
             kernel, pad = stride + 1, 1
-            super().__init__(nn.Conv2d(in_chans, dim // 2, kernel, stride, pad), _ChannelLastConv(),
-                             ln(dim // 2), _ChannelLastConv(), nn.GELU(),
-                             nn.Conv2d(dim // 2, dim, kernel, stride, pad), _ChannelLastConv(), ln(dim))
+            super().__init__(nn.Conv2d(in_chans, dim // 2, kernel, stride, pad), _Placeholder(),
+                             ln(dim // 2), _Placeholder(), nn.GELU(),
+                             nn.Conv2d(dim // 2, dim, kernel, stride, pad), _Placeholder(), ln(dim))
         else:
             raise ValueError(f"patch embed version {version!r} is not supported; choose v1 or v2")
         self.version = version
@@ -381,7 +383,7 @@ class VSSM(nn.Module):
                         else ConvDownsample(dims[i], dims[i + 1]))
             else:
                 down = nn.Identity()
-            self.layers.append(nn.Sequential(_odict(blocks=blocks, downsample=down)))
+            self.layers.append(nn.Sequential(OrderedDict(blocks=blocks, downsample=down)))
         self.classifier = Classifier(dims[-1], config.num_classes)
         self.apply(_init_weights)
 
@@ -441,12 +443,6 @@ def eval_data_config(num_classes: int) -> dict:
 def _linspace(end: float, count: int) -> list[float]:
     """Stochastic-depth rates 0 .. end over ``count`` blocks (plain Python: works on meta)."""
     return [end * i / (count - 1) if count > 1 else 0.0 for i in range(count)]
-
-
-def _odict(**items: nn.Module):
-    from collections import OrderedDict
-
-    return OrderedDict(items)
 
 
 def _init_weights(m: nn.Module) -> None:

@@ -13,8 +13,6 @@ float64 sequential evaluation.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -22,7 +20,7 @@ import time
 import torch
 
 from tokenred.kernels import mamba_ssm_available, scan_reference, selective_scan
-from tokenred.report import atomic_write_text
+from tokenred.report import write_json
 from tokenred.timing import environment
 
 # (label, K·D, N, L): VMamba-T[s1l8] has d_inner = C (ssm_ratio 1), so K·D = 4·C
@@ -107,9 +105,7 @@ def main() -> int:
                      if "speedup_torch_vs_reference" in row else "")
             print(f"{label:<26} {cells}{ratio}  max rel err {max(err.values()):.1e}")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        atomic_write_text(args.json, json.dumps({"args": vars(args), "env": env, "rows": rows},
-                                                indent=1))
+        write_json(args.json, {"args": vars(args), "env": env, "rows": rows})
     return 0
 
 

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import os
 import sys
 
 import torch
 
 import tokenred
-from tokenred.report import atomic_write_text
+from tokenred.report import write_json
 from tokenred.timing import benchmark_interleaved, paired_ratio
 
 
@@ -100,10 +98,8 @@ def main() -> int:
     if args.json:
         payload = {"args": vars(args), "batch_size": batch, "env": env, "gflops": gflops,
                    "ratios": ratios,
-                   "results": {k: {f: v for f, v in r.as_dict().items() if f != "env"}
-                               for k, r in res.items()}}
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        atomic_write_text(args.json, json.dumps(payload, indent=1))
+                   "results": {k: r.as_dict(env=False) for k, r in res.items()}}
+        write_json(args.json, payload)
     return 0
 
 

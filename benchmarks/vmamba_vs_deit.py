@@ -14,15 +14,13 @@ and, paired, the median of per-round ratios.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 
 import torch
 
 import tokenred
 from tokenred.kernels import mamba_ssm_available
-from tokenred.report import atomic_write_text
+from tokenred.report import write_json
 from tokenred.timing import benchmark_interleaved, paired_ratio
 
 
@@ -70,10 +68,8 @@ def main() -> int:
               f"{ratio:>8.2f}x {paired:>6.2f}x")
     if args.json:
         payload = {"args": vars(args), "batch_size": batch, "env": env, "ratios": ratios,
-                   "results": {k: {f: v for f, v in r.as_dict().items() if f != "env"}
-                               for k, r in res.items()}}
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        atomic_write_text(args.json, json.dumps(payload, indent=1))
+                   "results": {k: r.as_dict(env=False) for k, r in res.items()}}
+        write_json(args.json, payload)
     return 0
 
 

@@ -3,6 +3,7 @@ leaves a half-written report behind."""
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
 import tempfile
@@ -44,6 +45,11 @@ def atomic_write_text(path: str, text: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_json(path: str, payload: dict) -> None:
+    """``payload`` as indented JSON at ``path``, atomically (for benchmark scripts' --json)."""
+    atomic_write_text(path, json.dumps(payload, indent=1, default=str))
 
 
 def _cell(value: Any, fmt: str) -> str:

@@ -42,8 +42,11 @@ class BenchmarkResult:
     #: median of each interleaved round, for paired ratios between models timed together
     round_medians_ms: list[float] = field(repr=False, default_factory=list)
 
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def as_dict(self, env: bool = True) -> dict[str, Any]:
+        out = asdict(self)
+        if not env:
+            del out["env"]
+        return out
 
 
 def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
