@@ -43,6 +43,11 @@ class SequenceState:
         self.source: Optional[torch.Tensor] = None
         self.tokens: dict[str, int] = {}  # site name -> tokens leaving that site
 
+    @property
+    def tokens_out(self) -> Optional[int]:
+        """Tokens leaving the last selected site (what the rest of the network runs on)."""
+        return list(self.tokens.values())[-1] if self.tokens else None
+
 
 def attention_with_keys(attn: nn.Module) -> Callable:
     """A function running timm's ``Attention.forward`` step for step (so outputs are bit-identical

@@ -34,7 +34,7 @@ from timm.layers import DropPath
 from tokenred.checkpoint import CheckpointError, load_checkpoint, register_checkpoint_filter
 from tokenred.kernels import check_backend, selective_scan
 from tokenred.registry import register_backbone
-from tokenred.sites import GridContext, Site, register_site_adapter
+from tokenred.sites import GridContext, ReducedGrid, Site, register_site_adapter
 
 K_DIRECTIONS = 4
 
@@ -103,23 +103,84 @@ class SS2D(nn.Module):
             x, z = xz, None
         # depthwise conv on an NCHW view of the channel-last map (channels_last memory format)
         x = self.act(self.conv2d(x.permute(0, 3, 1, 2))).permute(0, 2, 3, 1)
-        if self.grid_hook is not None:
-            x = self.grid_hook(x)
-        y = self.scan_2d(x)
-        y = self.out_norm(y)
+        reduced = self.grid_hook(x) if self.grid_hook is not None else x
+        if isinstance(reduced, Tensor):
+            if reduced.shape != x.shape:
+                raise RuntimeError(f"a grid reducer returned a map of shape {tuple(reduced.shape)} "
+                                   f"for {tuple(x.shape)}; a smaller map must come as a "
+                                   f"tokenred.sites.ReducedGrid with its restore")
+            y = self.out_norm(self.scan_2d(reduced))
+        else:
+            y = self._scan_reduced(reduced, x.shape)
+            if reduced.copies:
+                # restore only copies tokens, so the per-token out_norm (and out_proj when no
+                # gate follows) give the same result on the reduced tokens, for less work
+                y = self.out_norm(y)
+                if z is None:
+                    return self.dropout(self._restored(reduced, self.out_proj(y), x.shape))
+                y = self._restored(reduced, y, x.shape)
+            else:
+                y = self.out_norm(self._restored(reduced, y, x.shape))
         if z is not None:
             y = y * self.act(z)
         return self.dropout(self.out_proj(y))
 
+    def _scan_reduced(self, reduced: Any, full_shape: torch.Size) -> Tensor:
+        if reduced.positions is None:
+            if reduced.x.dim() != 4:
+                raise RuntimeError(f"a reduced grid without positions must be a map [B, h, w, C]; "
+                                   f"got shape {tuple(reduced.x.shape)}")
+            return self.scan_2d(reduced.x)
+        return self.scan_tokens(reduced.x, reduced.positions, full_shape[1], full_shape[2])
+
+    @staticmethod
+    def _restored(reduced: Any, y: Tensor, full_shape: torch.Size) -> Tensor:
+        out = reduced.restore(y)
+        if tuple(out.shape[:3]) != tuple(full_shape[:3]) or out.shape[3] != y.shape[-1]:
+            raise RuntimeError(f"a grid reducer's restore returned {tuple(out.shape)}; expected "
+                               f"{(*full_shape[:3], y.shape[-1])} (the full map)")
+        return out
+
     def scan_2d(self, x: Tensor) -> Tensor:
         """Cross-scan, selective scan, cross-merge on a channel-last map [B, H, W, D]."""
         batch, height, width, dim = x.shape
-        length, k, n, rank = height * width, K_DIRECTIONS, self.d_state, self.dt_rank
+        length = height * width
         # the four directions, time-major [L, B, K, D]: row-major, column-major, both reversed
-        xs = x.new_empty(length, batch, k, dim)
+        xs = x.new_empty(length, batch, K_DIRECTIONS, dim)
         xs[:, :, 0].view(height, width, batch, dim).copy_(x.permute(1, 2, 0, 3))
         xs[:, :, 1].view(width, height, batch, dim).copy_(x.permute(2, 1, 0, 3))
         xs[:, :, 2:] = xs[:, :, :2].flip(0)
+        y = self.scan_directions(xs)
+        rows = y[:, :, 0] + y[:, :, 2].flip(0)        # positions in row-major order
+        cols = y[:, :, 1] + y[:, :, 3].flip(0)        # positions in column-major order
+        out = rows.view(height, width, batch, dim) + cols.view(width, height, batch, dim).transpose(0, 1)
+        return out.permute(2, 0, 1, 3)
+
+    def scan_tokens(self, x: Tensor, positions: Tensor, height: int, width: int) -> Tensor:
+        """The four-direction scan of a token subset [B, T, D] at ``positions`` ([B, T, 2] or
+        [T, 2], (row, col) in an H x W map): the tokens are visited in row-major and column-major
+        order of their positions and both reversed. Returns [B, T, D] in the input's order."""
+        batch, count, dim = x.shape
+        if positions.shape[-2:] != (count, 2) or positions.dim() not in (2, 3):
+            raise RuntimeError(f"positions must be [B, T, 2] or [T, 2] for {count} tokens; got "
+                               f"{tuple(positions.shape)}")
+        positions = positions.to(x.device)
+        by_row = (positions[..., 0] * width + positions[..., 1]).argsort(dim=-1)
+        by_col = (positions[..., 1] * height + positions[..., 0]).argsort(dim=-1)
+        xs = x.new_empty(count, batch, K_DIRECTIONS, dim)
+        xs[:, :, 0] = _take(x, by_row).transpose(0, 1)
+        xs[:, :, 1] = _take(x, by_col).transpose(0, 1)
+        xs[:, :, 2:] = xs[:, :, :2].flip(0)
+        y = self.scan_directions(xs)
+        rows = (y[:, :, 0] + y[:, :, 2].flip(0)).transpose(0, 1)     # [B, T, D] in row order
+        cols = (y[:, :, 1] + y[:, :, 3].flip(0)).transpose(0, 1)     # [B, T, D] in column order
+        return _take(rows, by_row.argsort(dim=-1)) + _take(cols, by_col.argsort(dim=-1))
+
+    def scan_directions(self, xs: Tensor) -> Tensor:
+        """Selective scan of time-major sequences xs [L, B, K, D], one per direction, each with
+        its own projections; returns [L, B, K, D]."""
+        length, batch, k, dim = xs.shape
+        n, rank = self.d_state, self.dt_rank
         # per-direction projections as one batched matmul over directions: [K, L*B, .]
         seq = xs.view(length * batch, k, dim).transpose(0, 1)
         x_dbl = torch.bmm(seq, self.x_proj_weight.transpose(1, 2))           # [K, LB, R+2N]
@@ -132,11 +193,14 @@ class SS2D(nn.Module):
             length, batch, k * dim).permute(1, 2, 0)
         y = selective_scan(u, delta, -torch.exp(self.A_logs.float()), bs, cs, self.Ds.float(),
                            None, self.dt_projs_bias.float().view(-1), True, self.scan_backend)
-        y = y.permute(2, 0, 1).reshape(length, batch, k, dim).to(x.dtype)   # time-major again
-        rows = y[:, :, 0] + y[:, :, 2].flip(0)        # positions in row-major order
-        cols = y[:, :, 1] + y[:, :, 3].flip(0)        # positions in column-major order
-        out = rows.view(height, width, batch, dim) + cols.view(width, height, batch, dim).transpose(0, 1)
-        return out.permute(2, 0, 1, 3)
+        return y.permute(2, 0, 1).reshape(length, batch, k, dim).to(xs.dtype)   # time-major
+
+
+def _take(x: Tensor, index: Tensor) -> Tensor:
+    """x [B, T, D] reordered along T by ``index`` ([T] shared, or [B, T] per image)."""
+    if index.dim() == 1:
+        return x.index_select(1, index)
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
 class Mlp(nn.Module):
@@ -620,33 +684,73 @@ for _name in CONFIGS:
 # sites
 # --------------------------------------------------------------------------------------------
 class GridState:
-    """Token counts of the last forward: site name -> tokens entering that site's scan."""
+    """Token counts of the last forward: every grid site's name -> tokens its scan ran on
+    (selected sites after the reduction, the others their full map)."""
 
     def __init__(self) -> None:
         self.tokens: dict[str, int] = {}
 
+    def per_stage(self) -> list[int]:
+        """Fewest tokens any scan of each stage ran on, stage by stage."""
+        stages: dict[int, int] = {}
+        for name, count in self.tokens.items():
+            stage = int(name.split(".")[1])
+            stages[stage] = min(count, stages.get(stage, count))
+        return [stages[k] for k in sorted(stages)]
+
+    @property
+    def tokens_out(self) -> Optional[str]:
+        """Per-stage scanned tokens as ``"784/196/196/49"`` (the map always leaves whole)."""
+        return "/".join(str(c) for c in self.per_stage()) or None
+
 
 class GridInstallation:
-    def __init__(self, reducer: Any, chosen: Sequence[tuple[Site, SS2D]]):
-        self.state = GridState()
-        self._mixers = [m for _, m in chosen]
-        for index, (site, mixer) in enumerate(chosen):
-            ctx = GridContext(site, index, len(chosen))
-            mixer.grid_hook = self._hook(reducer, ctx)
+    """Hooks every grid site: the chosen ones run the reducer, the others only count tokens (so
+    the state covers the whole network)."""
 
-    def _hook(self, reducer: Any, ctx: GridContext) -> Callable[[Tensor], Tensor]:
+    def __init__(self, model: nn.Module, reducer: Any, all_sites: Sequence[tuple[Site, SS2D]],
+                 chosen: set):
+        self.state = GridState()
+        self._mixers = [m for _, m in all_sites]
+        selected = [(s, m) for s, m in all_sites if s.name in chosen]
+        for index, (site, mixer) in enumerate(selected):
+            mixer.grid_hook = self._hook(reducer, GridContext(site, index, len(selected)))
+        for site, mixer in all_sites:
+            if site.name not in chosen:
+                mixer.grid_hook = self._counter(site.name)
+
+        def begin_forward(*_: Any) -> None:
+            self.state.tokens.clear()
+            reducer.begin_forward()       # e.g. re-seed a random method's generator
+
+        self._pre_hook = model.register_forward_pre_hook(begin_forward)
+
+    def _hook(self, reducer: Any, ctx: GridContext) -> Callable[[Tensor], Union[Tensor, ReducedGrid]]:
         tokens = self.state.tokens
 
-        def hook(x: Tensor) -> Tensor:
-            tokens[ctx.site.name] = x.shape[1] * x.shape[2]
-            return reducer.reduce_grid(x, ctx)
+        def hook(x: Tensor) -> Union[Tensor, ReducedGrid]:
+            out = reducer.reduce_grid(x, ctx)
+            # tokens the scan runs on (the full map when the reducer passed it through)
+            tokens[ctx.site.name] = (out.num_tokens if isinstance(out, ReducedGrid)
+                                     else int(x.shape[1] * x.shape[2]))
+            return out
 
         return hook
+
+    def _counter(self, name: str) -> Callable[[Tensor], Tensor]:
+        tokens = self.state.tokens
+
+        def count(x: Tensor) -> Tensor:
+            tokens[name] = int(x.shape[1] * x.shape[2])
+            return x
+
+        return count
 
     def remove(self) -> None:
         for mixer in self._mixers:
             mixer.grid_hook = None
         self._mixers = []
+        self._pre_hook.remove()
 
 
 class GridAdapter:
@@ -670,11 +774,10 @@ class GridAdapter:
         return [s for s, _ in self._sites]
 
     def install(self, reducer: Any, sites: Sequence[Site]) -> GridInstallation:
-        wanted = {s.name for s in sites}
-        busy = [s.name for s, m in self._sites if s.name in wanted and m.grid_hook is not None]
+        busy = [s.name for s, m in self._sites if m.grid_hook is not None]
         if busy:
-            raise RuntimeError(f"grid site(s) {busy} already have a hook installed")
-        return GridInstallation(reducer, [(s, m) for s, m in self._sites if s.name in wanted])
+            raise RuntimeError(f"grid site(s) {busy[:3]} already have a hook installed")
+        return GridInstallation(self.model, reducer, self._sites, {s.name for s in sites})
 
 
 register_site_adapter(VSSM, GridAdapter)

@@ -8,18 +8,29 @@ A-side prefix token never becomes a source and a B-side one never a destination.
 the prefix tokens first in their original order, then the unmerged A tokens, then B — the order
 of the official implementation, which we reproduce exactly (source maps included).
 
+On ``grid`` sites (VMamba's SS2D) the map must come back whole, so tokens are merged for the
+scan only and unmerged after it, as ToMe for Stable Diffusion (Bolya & Hoffman, 2023) does around
+attention: one destination per ``sy`` x ``sx`` cell of a stride grid (random inside the cell,
+seeded, or its top-left position), every other position a source; each source is linked to its
+most similar destination (cosine of the map's channels) and the ``ratio`` share of all positions
+with the most similar links is averaged into their destinations. The remaining tokens are scanned
+in spatial order (the backbone orders them row- and column-major), and unmerging copies each
+destination's output back to the sources merged into it.
+
 The matching functions below are pure functions on tensors, usable without any model.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 from tokenred import Reducer, register_method
-from tokenred.params import Bool, Param, ParameterError
-from tokenred.sites import SequenceContext, SequenceTokens, Site
+from tokenred.params import Bool, Float, Int, Param, ParameterError
+from tokenred.sites import (GridContext, ReducedGrid, SequenceContext, SequenceTokens, Site,
+                            default_grid_sites)
 
 MergeFn = Callable[..., torch.Tensor]
 
@@ -95,6 +106,76 @@ def bipartite_soft_matching(metric: torch.Tensor, r: int, num_protected: int = 0
     return merge, unmerge
 
 
+@dataclass
+class GridMerge:
+    """A merge of a flattened H x W map for one scan: ``merge`` [B, N, C] -> [B, T, C] (kept
+    tokens: unmerged sources, then destinations), ``positions`` [B, T, 2] their (row, col), and
+    ``unmerge`` [B, T, C'] -> [B, N, C'] (every position gets its own or its destination's
+    value)."""
+
+    merge: Callable[[torch.Tensor], torch.Tensor]
+    unmerge: Callable[[torch.Tensor], torch.Tensor]
+    positions: torch.Tensor
+
+
+def stride_grid_destinations(height: int, width: int, sy: int, sx: int,
+                             generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Flat indices (row-major) of one destination per full ``sy`` x ``sx`` cell: a uniformly
+    random position of the cell (drawn on the CPU from ``generator``), or its top-left one when
+    ``generator`` is None. Rows/columns left over by a partial cell hold no destination."""
+    cells_y, cells_x = height // sy, width // sx
+    if generator is None:
+        pick = torch.zeros(cells_y, cells_x, dtype=torch.long)
+    else:
+        pick = torch.randint(sy * sx, (cells_y, cells_x), generator=generator)
+    rows = torch.arange(cells_y)[:, None] * sy + pick // sx
+    cols = torch.arange(cells_x)[None, :] * sx + pick % sx
+    return (rows * width + cols).flatten()
+
+
+def stride_grid_matching(metric: torch.Tensor, height: int, width: int, r: int, sy: int = 2,
+                         sx: int = 2, generator: Optional[torch.Generator] = None) -> GridMerge:
+    """Merge ``r`` of the sources of a ``height`` x ``width`` map (``metric`` [B, N, c],
+    row-major) into their most similar stride-grid destination (plain mean; every token stands
+    for one position). ``r`` is capped at the number of sources."""
+    batch, n, _ = metric.shape
+    device = metric.device
+    dst = stride_grid_destinations(height, width, sy, sx, generator).to(device)
+    is_dst = torch.zeros(n, dtype=torch.bool, device=device)
+    is_dst[dst] = True
+    src = (~is_dst).nonzero().flatten()
+    n_src, n_dst = int(src.numel()), int(dst.numel())
+    r = max(0, min(r, n_src))
+    with torch.no_grad():
+        unit = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        scores = unit.index_select(1, src) @ unit.index_select(1, dst).transpose(1, 2)
+        node_max, node_idx = scores.max(dim=-1)                  # best destination per source
+        edge_idx = node_max.argsort(dim=-1, descending=True)
+        unm_idx, src_idx = edge_idx[:, r:], edge_idx[:, :r]      # sources kept / merged away
+        dst_idx = node_idx.gather(1, src_idx)                    # their destinations
+        # the full map's position -> index among the kept tokens [unmerged sources | destinations]
+        kept = n_src - r
+        restore_idx = torch.empty(batch, n, dtype=torch.long, device=device)
+        restore_idx[:, dst] = torch.arange(kept, kept + n_dst, device=device)
+        restore_idx.scatter_(1, src[unm_idx], torch.arange(kept, device=device).expand(batch, -1))
+        restore_idx.scatter_(1, src[src_idx], kept + dst_idx)
+        flat = torch.cat([src[unm_idx], dst.expand(batch, -1)], dim=1)
+        positions = torch.stack([flat // width, flat % width], dim=-1)
+
+    def merge(x: torch.Tensor) -> torch.Tensor:
+        c = x.shape[-1]
+        sources, dests = x.index_select(1, src), x.index_select(1, dst)
+        unm = sources.gather(1, unm_idx[..., None].expand(-1, -1, c))
+        moved = sources.gather(1, src_idx[..., None].expand(-1, -1, c))
+        dests = dests.scatter_reduce(1, dst_idx[..., None].expand(-1, -1, c), moved, reduce="mean")
+        return torch.cat([unm, dests], dim=1)
+
+    def unmerge(y: torch.Tensor) -> torch.Tensor:
+        return y.gather(1, restore_idx[..., None].expand(-1, -1, y.shape[-1]))
+
+    return GridMerge(merge, unmerge, positions)
+
+
 def merge_wavg(merge: MergeFn, x: torch.Tensor, size: Optional[torch.Tensor]
                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Size-weighted average: each merged token is Σ sᵢxᵢ / Σ sᵢ; sizes add up."""
@@ -147,28 +228,61 @@ def _parse_r_param(v: Any) -> Any:
     return nonneg_int(v)
 
 
+GRID_DEFAULT_RATIO = 0.75
+
+
 @register_method("tome")
 class ToMe(Reducer):
-    """Token Merging: bipartite soft matching between attention and MLP, size-weighted."""
+    """Token Merging: bipartite soft matching between attention and MLP, size-weighted (sequence
+    sites); merge -> scan -> unmerge on a stride grid (grid sites)."""
 
-    kinds = frozenset({"sequence"})
+    kinds = frozenset({"sequence", "grid"})
     params = {
-        "r": Param(13, "tokens merged per selected block (DeiT-S/ViT-S paper setting: 13)",
+        "r": Param(13, "[sequence] tokens merged per selected block (DeiT-S/ViT-S paper setting: 13)",
                    "an int >= 0, an (r, inflection) tuple with inflection in [-1, 1], or a list of "
                    "ints >= 0 (one per selected block)", _parse_r_param),
-        "prop_attn": Bool(True, "add log(size) to the attention logits (proportional attention)"),
-        "trace_source": Bool(False, "track which original tokens each token holds "
+        "prop_attn": Bool(True, "[sequence] add log(size) to the attention logits (proportional "
+                                "attention)"),
+        "trace_source": Bool(False, "[sequence] track which original tokens each token holds "
                                     "(handle.state.source; for visualisation)"),
+        "ratio": Float(GRID_DEFAULT_RATIO,
+                       "[grid] share of a map's positions merged at each selected site (default "
+                       "0.75: the quarter QuarterMap keeps; ToMe for SD uses 0.5); at most "
+                       "1 - 1/(sx*sy)", min=0.0, max=1.0, max_open=True),
+        "sx": Int(2, "[grid] stride-grid cell width: one destination per sy x sx cell", min=1),
+        "sy": Int(2, "[grid] stride-grid cell height", min=1),
+        "random_dst": Bool(True, "[grid] destination at a random position of each cell (seeded); "
+                                 "false: the cell's top-left position"),
+        "seed": Int(0, "[grid] seed of the destination draw, re-seeded at every forward", min=0),
     }
-    default_where_doc = "every block (as in the official ToMe)"
+    default_where_doc = ("sequence: every block (as in the official ToMe); grid: "
+                         "tokenred.sites.DEFAULT_GRID_WHERE (stages 0 and 1)")
 
     def check_params(self) -> None:
         self.proportional_attention = self.params["prop_attn"]
         self.trace_source = self.params["trace_source"]
         self.schedule: list[int] = []
+        cells = self.params["sx"] * self.params["sy"]
+        if cells < 2:
+            raise ParameterError("tome: a 1x1 stride grid makes every position a destination; "
+                                 "give sx * sy >= 2")
+        cap = 1.0 - 1.0 / cells
+        if self.params["ratio"] > cap + 1e-9:
+            # reported, not silently capped: only sources can merge, and a cell has one destination
+            raise ParameterError(f"tome: ratio={self.params['ratio']} exceeds 1 - 1/(sx*sy) = "
+                                 f"{cap:g} for {self.params['sy']}x{self.params['sx']} cells")
+        self._generator = torch.Generator()
+
+    def default_sites(self, sites: Sequence[Site]) -> list[Site]:
+        if any(s.kind == "grid" for s in sites):
+            return default_grid_sites(sites)
+        return super().default_sites(sites)
 
     def prepare(self, sites: Sequence[Site]) -> None:
         self.schedule = parse_r(len(sites), self.params["r"])
+
+    def begin_forward(self) -> None:
+        self._generator.manual_seed(self.params["seed"])
 
     def reduce_sequence(self, tokens: SequenceTokens, ctx: SequenceContext) -> SequenceTokens:
         r = self.schedule[ctx.index]
@@ -178,3 +292,18 @@ class ToMe(Reducer):
         source = merge_source(merge, tokens.source) if tokens.source is not None else None
         x, size = merge_wavg(merge, tokens.x, tokens.size)
         return SequenceTokens(x, size, source)
+
+    def reduce_grid(self, x: torch.Tensor, ctx: GridContext) -> Any:
+        batch, height, width, c = (int(d) for d in x.shape)
+        r = int(height * width * self.params["ratio"])
+        if r <= 0:
+            return x
+        flat = x.reshape(batch, height * width, c)
+        generator = self._generator if self.params["random_dst"] else None
+        m = stride_grid_matching(flat, height, width, r, self.params["sy"], self.params["sx"],
+                                 generator)
+
+        def restore(y: torch.Tensor) -> torch.Tensor:
+            return m.unmerge(y).view(batch, height, width, y.shape[-1])
+
+        return ReducedGrid(m.merge(flat), restore, positions=m.positions, copies=True)

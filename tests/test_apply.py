@@ -132,8 +132,9 @@ def test_parameter_errors_name_the_parameter():
     with pytest.raises(tokenred.ParameterError, match="random_drop: parameter 'keep' got 1.5; "
                                                       "allowed: a number in \\(0, 1\\]"):
         tokenred.apply(tiny_vit(), "random_drop", keep=1.5)
-    with pytest.raises(tokenred.ParameterError, match="unknown parameter\\(s\\) rr; tome takes: "
-                                                      "prop_attn, r, trace_source"):
+    with pytest.raises(tokenred.ParameterError,
+                       match="unknown parameter\\(s\\) rr; tome takes: prop_attn, r, random_dst, "
+                             "ratio, seed, sx, sy, trace_source"):
         tokenred.apply(tiny_vit(), "tome", rr=3)
 
 

@@ -102,20 +102,24 @@ def test_cli_checkpoint_flag(tmp_path, capsys):
 
 
 def test_embedded_default_end_to_end(tmp_path, capsys):
-    """`tokenred compare` with no arguments: DeiT-S with none / tome:r=13 / random_drop and
-    VMamba-T[s1l8] with none (the sequence-only methods are reported as not run there), CPU."""
+    """`tokenred compare` with no arguments: DeiT-S and VMamba-T[s1l8] with none / quartermap /
+    tome:r=13 / random_drop (QuarterMap is grid-only and reported as not run on DeiT-S), CPU."""
     assert main(["compare", "--out", str(tmp_path), "--no-progress"]) == 0
     df = pd.read_csv(tmp_path / "results.csv")
-    assert list(df["backbone"]) == ["deit_small_patch16_224"] * 3 + ["vmamba_tiny_s1l8"]
-    assert list(df["method"]) == ["none", "tome", "random_drop", "none"]
-    assert df["gflops"].round(2).tolist() == [4.61, 2.71, 2.99, 4.91]
+    assert list(df["backbone"]) == ["deit_small_patch16_224"] * 3 + ["vmamba_tiny_s1l8"] * 4
+    assert list(df["method"]) == ["none", "tome", "random_drop",
+                                  "none", "quartermap", "tome", "random_drop"]
+    # ToMe on a grid pays for its similarity matmul: more MACs than the unreduced model
+    assert df["gflops"].round(2).tolist() == [4.61, 2.71, 2.99, 4.91, 4.74, 5.14, 4.74]
     assert df["n_params"].tolist()[-1] == 30_249_064
-    assert list(df["tokens_out"]) == [197, 41, 68, 49]
+    assert df["tokens_out"].astype(str).tolist() == ["197", "41", "68", "3136/784/196/49"] + \
+        ["784/196/196/49"] * 3
     assert (df["batch_size"] == 8).all() and (df["device"] == "cpu").all()
+    assert df["speedup"].notna().all()
     out = capsys.readouterr().out
-    assert "| tome | r=13 |" in out
-    assert "Not run: `tome:r=13` on vmamba_tiny_s1l8" in out
-    assert "Not run: `random_drop` on vmamba_tiny_s1l8" in (tmp_path / "results.md").read_text()
+    assert "| tome | r=13 |" in out and "| quartermap | – |" in out
+    assert "Not run: `quartermap` on deit_small_patch16_224" in out
+    assert "Tokens out, on grid backbones" in (tmp_path / "results.md").read_text()
 
 
 def test_presets_fill_unset_flags(monkeypatch, tmp_path):
@@ -136,6 +140,23 @@ def test_presets_fill_unset_flags(monkeypatch, tmp_path):
     assert seen["device"] == "cuda"
 
 
-def test_quartermap_preset_says_what_is_missing(capsys):
-    assert main(["compare", "--preset", "quartermap-paper", "--no-progress"]) == 2
-    assert "needs method(s) ['quartermap']" in capsys.readouterr().err
+def test_quartermap_preset_runs_its_methods(monkeypatch, tmp_path):
+    import tokenred
+    from tokenred import presets
+
+    seen = {}
+
+    def fake_compare(backbones, specs, **kwargs):
+        seen.update(kwargs, backbones=backbones, methods=[s.text for s in specs])
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(tokenred, "compare", fake_compare)
+    assert main(["compare", "--preset", "quartermap-paper", "--no-progress",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert seen["methods"] == ["none", "quartermap", "tome", "random_drop"]
+    assert seen["backbones"][0] == "vmamba_tiny_s1l8" and seen["batch_size"] == 128
+    # a preset naming a method this install lacks says which one
+    monkeypatch.setitem(presets.PRESETS, "needs-more", {"doc": "", "backbones": ["x"],
+                                                        "methods": ["none", "vmeanba"]})
+    with pytest.raises(ValueError, match="needs method\\(s\\) \\['vmeanba'\\]"):
+        presets.get_preset("needs-more")

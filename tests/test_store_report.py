@@ -154,12 +154,13 @@ def test_latex_escape_and_pareto_front():
 
 def test_table_from_store_lists_unsupported_methods(tmp_path):
     store = ResultsStore(":memory:")
-    tokenred.compare(["vmamba_tiny_s1l8"], ["none", "tome:r=2"], store=store, input_size=64,
+    tokenred.compare(["vit_tiny_patch16_224"], ["none", "quartermap"], store=store, input_size=32,
                      batch_size=1, warmup=0, iters=1, rounds=1,
-                     backbone_kwargs=dict(depths=[1, 1, 1, 1], dims=16))
+                     backbone_kwargs=dict(patch_size=8, embed_dim=48, depth=2, num_heads=3))
     df = table_from_store(store)
     assert list(df["method"]) == ["none"]
-    assert df.attrs["skipped"][0]["method"] == "tome:r=2"
+    assert df.attrs["skipped"][0]["method"] == "quartermap"
+    assert "serves ['grid'] sites" in df.attrs["skipped"][0]["reason"]
 
 
 def test_bold_marks_the_best_value_but_not_ties():

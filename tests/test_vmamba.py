@@ -263,8 +263,13 @@ def test_grid_sites_none_is_exact_and_sequence_methods_are_refused():
         assert all(m.grid_hook is None for m in model.modules() if isinstance(m, vmamba.SS2D))
         with tokenred.apply(model, "none", where="stage:2") as handle:
             assert [s.block for s in handle.sites] == [2, 3]
-    with pytest.raises(UnsupportedSiteKindError, match="'tome' serves \\['sequence'\\]"):
-        tokenred.apply(model, "tome", r=2)
+
+    class SequenceOnly(tokenred.Reducer):
+        name = "sequence_only"
+        kinds = frozenset({"sequence"})
+
+    with pytest.raises(UnsupportedSiteKindError, match="'sequence_only' serves \\['sequence'\\]"):
+        tokenred.apply(model, SequenceOnly())
 
 
 def test_medmamba_sites():

@@ -21,7 +21,7 @@ from .store import Key, ResultsStore
 from .timing import benchmark_interleaved, environment, resolve_device, resolve_dtype
 
 DEFAULT_BACKBONES = ("deit_small_patch16_224", "vmamba_tiny_s1l8")
-DEFAULT_METHODS = ("none", "tome:r=13", "random_drop")
+DEFAULT_METHODS = ("none", "quartermap", "tome:r=13", "random_drop")
 
 COLUMNS = ["backbone", "method", "params", "n_params", "gflops", "flop_reduction_pct",
            "images_per_s", "speedup", "latency_median_ms", "latency_iqr_ms", "tokens_out",
@@ -195,10 +195,9 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
             if "flops" in todo[spec.text] and lead:
                 report(f"{bname} {spec.text}: count FLOPs")
                 count = count_flops(model, input_size)
-                tokens = handles[spec.text].state.tokens
                 store.put(key(bname, spec, "flops"), {
                     "n_params": n_params, "gflops": count.gflops,
-                    "tokens_out": list(tokens.values())[-1] if tokens else None,
+                    "tokens_out": getattr(handles[spec.text].state, "tokens_out", None),
                     "uncounted": count.uncounted, "env": run_env})
         del base
         by_text = {s.text: s for s in specs}

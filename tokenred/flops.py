@@ -11,6 +11,13 @@ Built on fvcore's jit-trace counter, with the gaps it has filled in:
   random-number and tensor creation. This is the convention behind the published numbers (DeiT-S
   4.6 G, official ToMe r=13 2.71 G): only matmuls, convolutions, attention and normalisation layers
   count. A token-reduction method's own similarity matmul is a matmul and is counted.
+* Token reduction's own work follows the same convention. Data movement is 0: selecting kept
+  tokens (slicing, gather, index_select), nearest-neighbour upsampling (fvcore would count one per
+  output element; here it is a copy, like an unmerge gather) and unmerging — its time shows in
+  the throughput columns, not here. Arithmetic counts: a similarity matmul (ToMe) is a matmul, and
+  average pooling (QuarterMap ``mode="avg"``) counts one per input element, as fvcore counts
+  adaptive average pooling. Everything after the reduction (scan, projections) is traced on the
+  tokens that remain, so the total reflects the reduction.
 * Further handles can be added with ``register_flop_handle(op_name, fn)`` (fvcore handle signature).
 
 Ops seen in the trace that have neither a handle nor a zero rule are listed in ``uncounted``
@@ -44,6 +51,7 @@ uniform_ normal_ bernoulli_ eye linspace arange new_zeros new_ones new_full new_
 unflatten movedim contiguous clone detach alias expand view reshape permute transpose
 split split_with_sizes chunk constant_pad_nd unbind slice select narrow cat stack squeeze unsqueeze flatten t
 to type_as copy_ float int long bool ScalarImplicit Int Float item numel size sym_size real imag
+upsample_nearest1d upsample_nearest2d upsample_nearest3d cummax
 """.split()
 
 
@@ -56,6 +64,15 @@ def _shape(value: Any) -> list[int]:
     from fvcore.nn.jit_handles import get_shape
 
     return get_shape(value)
+
+
+def pooling_macs(inputs: list, outputs: list) -> int:
+    """Average pooling: one per input element (each is added once), fvcore's rule for adaptive
+    average pooling applied to the fixed-window op."""
+    numel = 1
+    for d in _shape(inputs[0]):
+        numel *= d
+    return numel
 
 
 def sdpa_macs(inputs: list, outputs: list) -> int:
@@ -129,7 +146,8 @@ def _count_flops(model: nn.Module, input_size: Union[int, Sequence[int]]) -> Flo
         analysis.uncalled_modules_warnings(False)
         analysis.tracer_warnings("none")
         analysis.set_op_handle(**{f"aten::{name}": None for name in _ZERO_OPS})
-        analysis.set_op_handle(**{"aten::scaled_dot_product_attention": sdpa_macs})
+        analysis.set_op_handle(**{"aten::scaled_dot_product_attention": sdpa_macs,
+                                  "aten::avg_pool2d": pooling_macs})
         analysis.set_op_handle(**_EXTRA_HANDLES)
         # fvcore logs each skipped op at WARNING through its own logger; we report them instead
         logger = logging.getLogger("fvcore.nn.jit_analysis")

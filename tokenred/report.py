@@ -110,6 +110,11 @@ def _notes(df: pd.DataFrame) -> list[str]:
     if failed:
         listed = "; ".join(f"{p} ({why})" for p, why in failed[:20])
         notes.append(f"Not decodable: {listed}" + (" ..." if len(failed) > 20 else ""))
+    if "tokens_out" in df and df["tokens_out"].astype(str).str.contains("/").any():
+        notes.append("Tokens out, on grid backbones (VMamba, MedMamba): the tokens the 2D scans "
+                     "ran on, stage by stage (fewest in any block of the stage); the map itself "
+                     "always leaves whole. On sequence backbones: tokens leaving the last "
+                     "reducing block.")
     for gap in df.attrs.get("skipped", []):
         notes.append(f"Not run: `{gap['method']}` on {gap['backbone']} ({gap['reason']}).")
     timed = df[df["device_name"].notna()] if "device_name" in df else df.iloc[0:0]

@@ -81,14 +81,61 @@ class GridContext:
     """What a ``grid`` site tells the reducer besides the map itself.
 
     At a grid site the backbone hands over the 2D map entering its scan, channel-last
-    [B, H, W, C]; ``reduce_grid`` returns the map the scan runs on. (Methods that scan a smaller
-    map or a token subset and restore the full map afterwards extend this contract.)
+    [B, H, W, C]; ``reduce_grid`` returns either that map (same shape: nothing to restore) or a
+    ``ReducedGrid``.
     """
 
     def __init__(self, site: Site, index: int, num_selected: int):
         self.site = site
         self.index = index                  # position of this site among the selected ones
         self.num_selected = num_selected
+
+
+@dataclass
+class ReducedGrid:
+    """What a grid site scans instead of the full map, and how the full map comes back.
+
+    ``x`` is either a smaller regular grid [B, h, w, C] (the backbone's ordinary cross-scan runs on
+    it: the fast path) or a token subset [B, T, C] with ``positions`` [B, T, 2] or [T, 2] (long,
+    (row, col) in the full map). A subset may come in any order: the backbone scans it in
+    row-major and column-major order of the positions and both reversed, and hands the output
+    back in the subset's own order.
+
+    ``restore`` maps the scan's output (``x``'s layout, any channel count) to [B, H, W, C'].
+    ``copies`` says that ``restore`` only copies: every full-map position receives exactly one
+    scanned token's value (nearest upsampling, unmerging). Then per-token layers commute with it
+    and the backbone may run them (out_norm, out_proj) on the reduced tokens first — the same
+    result for less work. Leave it False for a restore that computes (zero fill, interpolation).
+    """
+
+    x: torch.Tensor
+    restore: Callable[[torch.Tensor], torch.Tensor]
+    positions: Optional[torch.Tensor] = None
+    copies: bool = False
+
+    @property
+    def is_subset(self) -> bool:
+        return self.positions is not None
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.x.shape[1]) if self.is_subset else int(self.x.shape[1] * self.x.shape[2])
+
+
+#: Where every grid method reduces by default: the same sites for all of them, so that the default
+#: head-to-head compares methods at one token budget. The choice is a measurement, not a guess:
+#: ``benchmarks/quartermap_where.py`` and "Where to reduce" in benchmarks/README.md.
+DEFAULT_GRID_WHERE = "stages:0-1"
+
+
+def default_grid_sites(sites: Sequence[Site]) -> list[Site]:
+    """The grid sites chosen by ``DEFAULT_GRID_WHERE`` (all grid sites of a model with fewer
+    stages than it names)."""
+    grid = [s for s in sites if s.kind == "grid"]
+    try:
+        return select_sites(grid, DEFAULT_GRID_WHERE)
+    except SiteSelectionError:
+        return grid
 
 
 class Installation(Protocol):
