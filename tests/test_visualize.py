@@ -6,7 +6,7 @@ from PIL import Image
 
 import tokenred
 from tokenred.cli import main
-from tokenred.visualize import render, token_groups
+from tokenred.visualize import grid_groups, render, render_grid, token_groups
 
 skimage_data = pytest.importorskip("skimage.data", reason="scikit-image (test extra) not installed")
 
@@ -61,6 +61,35 @@ def test_cli_writes_a_png(photo, tmp_path, capsys):
     with Image.open(out) as img:
         assert img.size == (800, 430)
     assert "40 tokens from 196 patches" in capsys.readouterr().out
-    assert main(["visualize", "--backbone", "vmamba_tiny_s1l8", "--method", "none",
-                 "--image", str(photo), "--out", str(tmp_path / "x.png")]) == 2
-    assert "sequence (ViT) backbones" in capsys.readouterr().err
+    grid_png = tmp_path / "grid.png"
+    assert main(["visualize", "--backbone", "vmamba_tiny_s1l8", "--method", "quartermap",
+                 "--image", str(photo), "--out", str(grid_png)]) == 0
+    with Image.open(grid_png) as img:
+        assert img.size == (1600, 860)          # input + 4 site panels, 4 per row
+    assert "layers.0.blocks.0 784/3136" in capsys.readouterr().out
+
+
+def test_quartermap_panels_show_2x2_blocks_and_the_kept_grid(photo):
+    groups = grid_groups("vmamba_tiny_s1l8", "quartermap:offset=(1,0)", str(photo))
+    assert [s.site for s in groups.sites] == ["layers.0.blocks.0", "layers.0.blocks.1",
+                                              "layers.1.blocks.0", "layers.1.blocks.1"]
+    first = groups.sites[0]
+    rows, cols = np.meshgrid(np.arange(56), np.arange(56), indexing="ij")
+    assert (first.groups == (rows // 2) * 28 + cols // 2).all()
+    assert first.kept == [(2 * a + 1, 2 * b) for a in range(28) for b in range(28)]
+    assert groups.sites[2].groups.shape == (28, 28) and groups.sites[2].num_tokens == 196
+    out = render_grid(groups.image, first)
+    assert out.shape == groups.image.shape
+    avg = grid_groups("vmamba_tiny_s1l8", "quartermap:mode=avg,where=stage:1", str(photo))
+    assert avg.sites[0].kept is None                 # an average has no single kept position
+
+
+def test_tome_and_random_drop_panels(photo):
+    tome = grid_groups("vmamba_tiny_s1l8", "tome:where=layers.0.blocks.0", str(photo)).sites[0]
+    assert len(np.unique(tome.groups)) == len(tome.kept) == 784
+    for t, (r, c) in enumerate(tome.kept):
+        assert tome.groups[r, c] == t                # a kept token shows itself
+    drop = grid_groups("vmamba_tiny_s1l8", "random_drop:fill=zero,where=layers.0.blocks.0",
+                       str(photo)).sites[0]
+    assert (drop.groups < 0).sum() == 3136 - 784
+    assert all(drop.groups[r, c] >= 0 for r, c in drop.kept)

@@ -152,7 +152,11 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
                        + "".join(c if c.isalnum() else "_" for c in args.method) + ".png")
     groups = visualize(args.backbone, args.method, args.image, out, args.input_size,
                        args.checkpoint, args.pretrained)
-    print(f"wrote {out} ({groups.num_tokens} tokens from {groups.groups.size} patches)")
+    if hasattr(groups, "sites"):
+        print(f"wrote {out} ({len(groups.sites)} grid site(s): "
+              + ", ".join(f"{g.site} {g.num_tokens}/{g.groups.size}" for g in groups.sites) + ")")
+    else:
+        print(f"wrote {out} ({groups.num_tokens} tokens from {groups.groups.size} patches)")
     return 0
 
 
@@ -224,7 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(fn=_cmd_compare)
 
-    p = sub.add_parser("visualize", help="draw which patches each token holds after a method")
+    p = sub.add_parser("visualize", help="draw which patches each token holds after a method "
+                                         "(ViTs), or each reduced grid site (VMamba, MedMamba)")
     p.add_argument("--backbone", default="deit_small_patch16_224")
     p.add_argument("--method", required=True, help="a method spec, e.g. tome:r=13")
     p.add_argument("--image", required=True, help="an image file")

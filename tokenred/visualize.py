@@ -1,15 +1,23 @@
-"""Draw what a method does to a real image: which patches each final token holds.
+"""Draw what a method does to a real image: which patches each token holds.
 
 For sequence backbones (ViTs) the method runs with source tracking on; every final token's source
 row says which original patches it holds. Merged groups (ToMe) are filled with their mean colour
 and outlined; patches no token holds any more (random_drop) are greyed out. The panel beside it is
 the model's input crop.
+
+For grid backbones (VMamba, MedMamba) there is one panel per reduced grid site. The map cells that
+take their value from the same scanned token after the restore form a group (QuarterMap: a 2x2
+block; ToMe: a destination and the sources merged into it; random_drop with copy fill: a kept
+position and the dropped ones after it), found by restoring token ids through the method's own
+``restore``; cells no token reaches (random_drop with zero fill) are grey. Scanned positions are
+marked with dots where the method says which they are (token subsets) or where they can be read
+back from a content-independent regular-grid reduction (QuarterMap ``pick``).
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -18,6 +26,9 @@ from .apply import apply
 from .backbone import create_backbone
 from .evaluate import eval_transform
 from .params import parse_method_spec
+from .reducer import Reducer
+from .registry import get_method
+from .sites import GridContext, ReducedGrid, adapter_for
 
 
 @dataclass
@@ -31,14 +42,16 @@ class TokenGroups:
 
 
 def token_groups(backbone: str, method: str, image_path: str, input_size: int = 224,
-                 checkpoint: Optional[str] = None, pretrained: bool = False) -> TokenGroups:
+                 checkpoint: Optional[str] = None, pretrained: bool = False,
+                 model: Any = None) -> TokenGroups:
     from PIL import Image
 
-    model = create_backbone(backbone, pretrained=pretrained, checkpoint=checkpoint)
+    if model is None:
+        model = create_backbone(backbone, pretrained=pretrained, checkpoint=checkpoint)
     grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
     if grid is None:
-        raise ValueError(f"visualize draws sequence (ViT) backbones; {backbone} has no patch grid "
-                         f"(grid-site drawings come with the grid methods)")
+        raise ValueError(f"token_groups draws sequence (ViT) backbones; {backbone} has no patch "
+                         f"grid (grid backbones: grid_groups)")
     if tuple(model.patch_embed.img_size) != (input_size, input_size):
         model = create_backbone(backbone, pretrained=pretrained, checkpoint=checkpoint,
                                 img_size=input_size)
@@ -89,6 +102,159 @@ def render(groups: TokenGroups) -> np.ndarray:
     return out
 
 
+@dataclass
+class GridSiteGroups:
+    """One grid site: ``groups`` [H, W] id of the scanned token each cell shows after the restore
+    (-1: none), ``kept`` [(row, col)] positions the scan ran on where known."""
+
+    site: str
+    groups: np.ndarray
+    kept: Optional[list]
+    num_tokens: int
+
+
+@dataclass
+class GridGroups:
+    image: np.ndarray
+    sites: list
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.sites)
+
+
+def _restored_ids(reduced: Any, batch: int) -> torch.Tensor:
+    """Id + 1 of the scanned token every map cell receives (0: none), through ``restore``."""
+    x = reduced.x
+    count = reduced.num_tokens
+    ids = torch.arange(1, count + 1, dtype=torch.float64, device=x.device)
+    ids = ids.view(1, *x.shape[1:-1], 1).expand(batch, *x.shape[1:-1], 1)
+    return reduced.restore(ids.to(x.dtype) if x.dtype == torch.float64 else ids.float())
+
+
+class _Recorder(Reducer):
+    """Runs another reducer unchanged and records, per site, which scanned token each cell of the
+    restored map comes from."""
+
+    def __init__(self, inner: Reducer):
+        super().__init__()
+        self.inner = inner
+        self.name, self.kinds = inner.name, inner.kinds
+        self.records: list[GridSiteGroups] = []
+
+    def default_sites(self, sites):
+        return self.inner.default_sites(sites)
+
+    def prepare(self, sites) -> None:
+        self.inner.prepare(sites)
+
+    def begin_forward(self) -> None:
+        self.records.clear()
+        self.inner.begin_forward()
+
+    def reduce_grid(self, x: torch.Tensor, ctx: GridContext) -> Any:
+        reduced = self.inner.reduce_grid(x, ctx)
+        height, width = int(x.shape[1]), int(x.shape[2])
+        if not isinstance(reduced, ReducedGrid):
+            groups = np.arange(height * width).reshape(height, width)
+            self.records.append(GridSiteGroups(ctx.site.name, groups, None, height * width))
+            return reduced
+        ids = _restored_ids(reduced, int(x.shape[0]))[0, ..., 0].round().long() - 1
+        kept = None
+        if reduced.positions is not None:
+            pos = reduced.positions if reduced.positions.dim() == 2 else reduced.positions[0]
+            kept = [tuple(p) for p in pos.tolist()]
+        else:   # a content-independent pick reads back as the flat ids of the kept cells
+            flat = torch.arange(height * width, dtype=torch.float32).view(1, height, width, 1)
+            probe = self.inner.reduce_grid(flat, ctx)
+            values = probe.x.flatten() if isinstance(probe, ReducedGrid) else None
+            if values is not None and torch.equal(values, values.round()):
+                kept = [divmod(int(v), width) for v in values.tolist()]
+        self.records.append(GridSiteGroups(ctx.site.name, ids.cpu().numpy(), kept,
+                                           reduced.num_tokens))
+        return reduced
+
+
+def grid_groups(backbone: str, method: str, image_path: str, input_size: int = 224,
+                checkpoint: Optional[str] = None, pretrained: bool = False,
+                model: Any = None) -> GridGroups:
+    """Run ``method`` on a grid backbone for one image and record every reduced site."""
+    from PIL import Image
+
+    if model is None:
+        model = create_backbone(backbone, pretrained=pretrained, checkpoint=checkpoint)
+    transform, config = eval_transform(model, input_size)
+    with Image.open(image_path) as img:
+        x = transform(img.convert("RGB"))[None]
+    name, params = parse_method_spec(method)
+    where = params.pop("where", None)
+    recorder = _Recorder(get_method(name)(**params))
+    with apply(model, recorder, where=where), torch.inference_mode():
+        model(x)
+    mean = torch.tensor(config["mean"])[:, None, None]
+    std = torch.tensor(config["std"])[:, None, None]
+    image = (x[0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+    return GridGroups(image, list(recorder.records))
+
+
+def render_grid(image: np.ndarray, site: GridSiteGroups) -> np.ndarray:
+    """The site's groups over the image (a map cell covers image_size / map_size pixels)."""
+    height, width = site.groups.shape
+    cell_h, cell_w = image.shape[0] / height, image.shape[1] / width
+    rows = np.minimum((np.arange(image.shape[0]) / cell_h).astype(int), height - 1)
+    cols = np.minimum((np.arange(image.shape[1]) / cell_w).astype(int), width - 1)
+    pixel_groups = site.groups[rows][:, cols]
+    out = np.empty_like(image)
+    for g in np.unique(pixel_groups):
+        mask = pixel_groups == g
+        out[mask] = 0.5 if g < 0 else image[mask].mean(0)
+    border = np.zeros(pixel_groups.shape, dtype=bool)
+    border[:-1] |= pixel_groups[:-1] != pixel_groups[1:]
+    border[:, :-1] |= pixel_groups[:, :-1] != pixel_groups[:, 1:]
+    out[border] = 0.05
+    return out
+
+
+def _save(fig: Any, out_path: str) -> None:
+    import matplotlib.pyplot as plt
+
+    directory = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = os.path.join(directory, ".tmp-" + os.path.basename(out_path))
+    fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+    os.replace(tmp, out_path)
+
+
+def _visualize_grid(backbone: str, method: str, image_path: str, out_path: str, input_size: int,
+                    model: Any) -> GridGroups:
+    import matplotlib.pyplot as plt
+
+    groups = grid_groups(backbone, method, image_path, input_size, model=model)
+    panels = 1 + len(groups.sites)
+    ncols = min(panels, 4)
+    nrows = -(-panels // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 4.3 * nrows), squeeze=False)
+    axes = axes.ravel()
+    axes[0].imshow(groups.image)
+    axes[0].set_title("input")
+    size = groups.image.shape[0]
+    for ax, site in zip(axes[1:], groups.sites, strict=False):
+        ax.imshow(render_grid(groups.image, site))
+        height, width = site.groups.shape
+        if site.kept is not None and len(site.kept) <= 4096:
+            ys = [(r + 0.5) * size / height for r, _ in site.kept]
+            xs = [(c + 0.5) * size / width for _, c in site.kept]
+            ax.scatter(xs, ys, s=max(1.0, 2000.0 / (height * width)), c="red", linewidths=0)
+        ax.set_title(f"{site.site}: {site.num_tokens} of {height}x{width} scanned", fontsize=9)
+    for ax in axes:
+        ax.axis("off")
+    fig.suptitle(f"{backbone} · {method}")
+    fig.tight_layout()
+    _save(fig, out_path)
+    return groups
+
+
 def visualize(backbone: str, method: str, image_path: str, out_path: str,
               input_size: int = 224, checkpoint: Optional[str] = None,
               pretrained: bool = False) -> TokenGroups:
@@ -97,7 +263,10 @@ def visualize(backbone: str, method: str, image_path: str, out_path: str,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = token_groups(backbone, method, image_path, input_size, checkpoint, pretrained)
+    model = create_backbone(backbone, pretrained=pretrained, checkpoint=checkpoint)
+    if {s.kind for s in adapter_for(model).sites()} == {"grid"}:
+        return _visualize_grid(backbone, method, image_path, out_path, input_size, model)
+    groups = token_groups(backbone, method, image_path, input_size, checkpoint, pretrained, model)
     fig, axes = plt.subplots(1, 2, figsize=(8, 4.3))
     axes[0].imshow(groups.image)
     axes[0].set_title("input")
@@ -109,10 +278,8 @@ def visualize(backbone: str, method: str, image_path: str, out_path: str,
         ax.axis("off")
     fig.suptitle(backbone)
     fig.tight_layout()
-    directory = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = os.path.join(directory, ".tmp-" + os.path.basename(out_path))
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out_path)
+    _save(fig, out_path)
     return groups
+
+
+
