@@ -19,3 +19,5 @@ timeout 150 python3 benchmarks/vmamba_vs_deit.py --device cuda --batch-size 128 
   --json "$OUT/vmamba_vs_deit_cuda_b128.json" 2>&1 | tee "$OUT/vmamba_vs_deit_cuda_b128.txt"
 timeout 150 python3 benchmarks/vit_overhead_and_tome.py --device cuda --batch-size 256 \
   --json "$OUT/vit_tome_cuda_b256.json" 2>&1 | tee "$OUT/vit_tome_cuda_b256.txt"
+timeout 300 python3 benchmarks/grid_methods.py --device cuda --batch-size 128 --where \
+  --json "$OUT/grid_methods_cuda_b128.json" 2>&1 | tee "$OUT/grid_methods_cuda_b128.txt"

@@ -1,13 +1,17 @@
 """Grid methods on VMamba-T: QuarterMap, ToMe (merge -> scan -> unmerge) and random drop vs none.
 
 Part 1 (always): copies of one random-init VMamba-T[s1l8] with ``none`` and each grid method at
-the same sites and the same token budget (the defaults: stages 0-1, a quarter of each map
+the same sites and the same token budget (the defaults: stage 0, a quarter of each map
 scanned) are timed round-robin in one process; GFLOPs are counted with ``tokenred.count_flops``.
 Ratios are of medians and, paired, the median of per-round ratios.
 
 Part 2 (always): the reduction's own cost — each method's reduce + restore alone on a map of every
 stage's size (the scan between them left out), so the merge/unmerge overhead ToMe carries and
 QuarterMap avoids is measured directly rather than inferred.
+
+Part 0 (always): where an unreduced forward's time goes — the time inside SS2D's scan step
+(x_proj, dt_proj and the selective scan of the four directions) per stage, against its share of
+the MACs: it shows why the grid methods' speedups are not proportional to their FLOP cuts.
 
 Part 3 (``--where``): QuarterMap on each stage alone and on stage sets, for choosing where to
 reduce (speed and FLOPs here; pass ``--data DIR --checkpoint FILE`` to tokenred compare with the
@@ -35,6 +39,13 @@ METHODS = ["none", "quartermap", "quartermap:mode=avg", "tome", "random_drop"]
 WHERE = ["stage:0", "stage:1", "stage:2", "stage:3", "stages:0-1", "stages:0-2", "stages:0-3"]
 
 
+def _gflops(model) -> float:
+    try:
+        return tokenred.count_flops(model, 224).gflops
+    except ImportError:        # fvcore missing (e.g. a bare GPU image): timing still runs
+        return float("nan")
+
+
 def build(backbone: str, specs: list[str], device: str) -> tuple[dict, dict, dict]:
     torch.manual_seed(0)
     base = tokenred.create_backbone(backbone).eval()
@@ -44,7 +55,7 @@ def build(backbone: str, specs: list[str], device: str) -> tuple[dict, dict, dic
         where = params.pop("where", None)
         model = copy.deepcopy(base)
         handle = tokenred.apply(model, name, where=where, **params)
-        gflops[spec] = tokenred.count_flops(model, 224).gflops
+        gflops[spec] = _gflops(model)
         with torch.no_grad():
             model(torch.randn(1, 3, 224, 224))
         tokens[spec] = handle.state.tokens_out
@@ -68,6 +79,56 @@ def time_models(models: dict, gflops: dict, tokens: dict, args, batch: int, warm
         print(f"{spec:<34} {gflops[spec]:>7.3f} {cut:>8.1f} {r.median_ms:>10.2f} {r.iqr_ms:>7.2f} "
               f"{r.images_per_s:>8.1f} {speed:>7.2f}x {paired:>6.2f}x  {tokens[spec]}")
     return {"env": base.env, "rows": out}
+
+
+def scan_time_share(args, batch: int, reps: int) -> dict:
+    """Milliseconds per forward spent in SS2D.scan_directions, by sequence length (stage)."""
+    from tokenred.backbones.vmamba import SS2D
+
+    torch.manual_seed(0)
+    model = tokenred.create_backbone(args.backbone).eval().to(args.device)
+    try:
+        macs = tokenred.count_flops(model, 224).by_operator
+    except ImportError:
+        macs = {"none": float("nan")}
+    spent: dict = {}
+    original = SS2D.scan_directions
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+
+    def timed(self, xs):
+        sync()
+        t0 = time.perf_counter()
+        y = original(self, xs)
+        sync()
+        spent[xs.shape[0]] = spent.get(xs.shape[0], 0.0) + time.perf_counter() - t0
+        return y
+
+    x = torch.randn(batch, 3, 224, 224, device=args.device)
+    SS2D.scan_directions = timed
+    try:
+        with torch.inference_mode():
+            model(x)
+            spent.clear()
+            total = 0.0
+            for _ in range(reps):
+                sync()
+                t0 = time.perf_counter()
+                model(x)
+                sync()
+                total += time.perf_counter() - t0
+    finally:
+        SS2D.scan_directions = original
+    forward_ms = 1e3 * total / reps
+    scan_macs = macs.get("bmm", 0) + macs.get("selective_scan", 0)
+    rows = {f"L={length}": 1e3 * t / reps for length, t in sorted(spent.items(), reverse=True)}
+    share = sum(rows.values()) / forward_ms
+    print(f"\nunreduced forward {forward_ms:.1f} ms (batch {batch}); in the scan step "
+          f"(x_proj, dt_proj, selective scan): "
+          + ", ".join(f"{k} {v:.1f} ms" for k, v in rows.items())
+          + f" = {100 * share:.0f}% of the time for {100 * scan_macs / sum(macs.values()):.1f}% "
+            f"of the MACs")
+    return {"forward_ms": forward_ms, "scan_step_ms": rows, "time_share": share,
+            "mac_share": scan_macs / sum(macs.values())}
 
 
 def reduction_cost(args, batch: int, reps: int) -> dict:
@@ -139,6 +200,7 @@ def main() -> int:
           f"{args.rounds} interleaved rounds)")
     payload["methods"] = head
     del models
+    payload["scan_time_share"] = scan_time_share(args, batch, 10 if cuda else 3)
     payload["reduction_cost_ms"] = reduction_cost(args, batch, 20 if cuda else 5)
     if args.where:
         print("\nquartermap by site choice")

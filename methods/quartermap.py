@@ -82,7 +82,7 @@ class QuarterMap(Reducer):
         "mode": Choice("pick", "pick: keep the position at offset; avg: the block's mean",
                        ("pick", "avg")),
     }
-    default_where_doc = "stages 0 and 1 (tokenred.sites.DEFAULT_GRID_WHERE; see benchmarks/README.md)"
+    default_where_doc = "stage 0 (tokenred.sites.DEFAULT_GRID_WHERE; why: README, \"Grid sites\")"
 
     def check_params(self) -> None:
         stride, offset = self.params["stride"], self.params["offset"]

@@ -71,7 +71,7 @@ class RandomDrop(Reducer):
     }
     default_where_doc = ("sequence: blocks depth//4, depth//2 and 3·depth//4 (3, 6, 9 of 12: the "
                          "EViT / DynamicViT reduction locations); grid: "
-                         "tokenred.sites.DEFAULT_GRID_WHERE (stages 0 and 1)")
+                         "tokenred.sites.DEFAULT_GRID_WHERE (stage 0, the 56x56 maps at 224)")
 
     def check_params(self) -> None:
         if self.params["keep"] is not None and self.params["r"] is not None:

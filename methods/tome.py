@@ -233,8 +233,10 @@ GRID_DEFAULT_RATIO = 0.75
 
 @register_method("tome")
 class ToMe(Reducer):
-    """Token Merging: bipartite soft matching between attention and MLP, size-weighted (sequence
-    sites); merge -> scan -> unmerge on a stride grid (grid sites)."""
+    """Token Merging: bipartite soft matching (sequences); merge -> scan -> unmerge (grids).
+
+    Sequence sites: merge between attention and MLP, size-weighted. Grid sites: stride-grid
+    destinations, the scan on the merged tokens, unmerge by copying."""
 
     kinds = frozenset({"sequence", "grid"})
     params = {
@@ -256,7 +258,7 @@ class ToMe(Reducer):
         "seed": Int(0, "[grid] seed of the destination draw, re-seeded at every forward", min=0),
     }
     default_where_doc = ("sequence: every block (as in the official ToMe); grid: "
-                         "tokenred.sites.DEFAULT_GRID_WHERE (stages 0 and 1)")
+                         "tokenred.sites.DEFAULT_GRID_WHERE (stage 0, the 56x56 maps at 224)")
 
     def check_params(self) -> None:
         self.proportional_attention = self.params["prop_attn"]

@@ -26,6 +26,12 @@ def test_new_method_example_runs(monkeypatch, capsys):
     assert table["flop_reduction_pct"].iloc[1] > 30
 
 
+def test_new_grid_method_example_runs(monkeypatch, capsys):
+    monkeypatch.setattr(registry, "_METHODS", dict(registry._METHODS))
+    exec(compile(_block_after("<!-- example:new-grid-method -->"), "README.md", "exec"), {})
+    assert "1568/784/196/49" in capsys.readouterr().out
+
+
 def test_ci_runs_exactly_the_readme_test_command():
     lines = README.read_text().splitlines()
     commands = [l.strip() for l in lines[:12] if l.startswith("    ")]

@@ -5,7 +5,7 @@ __version__ = "0.1.0"
 from .reducer import Reducer
 from .registry import (get_method, list_backbones, list_methods, register_backbone,
                        register_method)
-from .sites import SequenceContext, SequenceTokens, Site
+from .sites import GridContext, ReducedGrid, SequenceContext, SequenceTokens, Site
 from .apply import Handle, apply
 from .backbone import create_backbone
 from .checkpoint import CheckpointError, load_checkpoint
@@ -20,7 +20,8 @@ from . import methods as _methods  # noqa: E402,F401
 
 __all__ = [
     "Reducer", "register_method", "register_backbone", "list_methods", "list_backbones",
-    "get_method", "Site", "SequenceTokens", "SequenceContext", "Handle", "apply",
+    "get_method", "Site", "SequenceTokens", "SequenceContext", "GridContext", "ReducedGrid",
+    "Handle", "apply",
     "create_backbone", "load_checkpoint", "CheckpointError", "count_flops", "FlopCount",
     "register_flop_handle", "ParameterError", "benchmark", "BenchmarkResult", "compare",
 ]

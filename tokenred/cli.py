@@ -48,7 +48,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     args.device = args.device or preset.get("device", "cpu")
     args.dtype = args.dtype or preset.get("dtype", "float32")
     args.batch_size = args.batch_size or preset.get("batch_size")
-    args.pretrained = args.pretrained or preset.get("pretrained", False)
+    if args.pretrained is None:
+        args.pretrained = preset.get("pretrained", False)
     specs = [MethodSpec.parse(m) for m in methods]  # fail on a bad spec before any work
     n_methods = len(specs) + (0 if any(s.is_baseline for s in specs) else 1)  # compare adds none
     rounds = min(args.rounds, args.iters) if args.iters else args.rounds
@@ -209,7 +210,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=None, help="timed forwards (CPU 10, CUDA 30)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
-    p.add_argument("--pretrained", action="store_true", help="load timm pretrained weights")
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+                   help="load the published weights (timm's, VMamba's release files); "
+                        "--no-pretrained keeps random init even under a preset; a --checkpoint "
+                        "for a backbone replaces its download")
     p.add_argument("--checkpoint", action="append", default=[], metavar="BACKBONE=PATH",
                    help="local weights for a backbone (repeatable); .pth/.pt or .safetensors")
     p.add_argument("--seed", type=int, default=0, help="seed of random initialisation")

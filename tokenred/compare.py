@@ -70,7 +70,9 @@ def as_method_list(value: Union[str, Sequence[Any]]) -> list:
 def _build_backbone(name: str, input_size: int, pretrained: bool, seed: int,
                     checkpoint: Optional[str], kwargs: dict) -> torch.nn.Module:
     """Build ``name`` with seeded random init; a timm ViT made for another resolution is rebuilt
-    for ``input_size`` (timm resamples pretrained position embeddings)."""
+    for ``input_size`` (timm resamples pretrained position embeddings). A local checkpoint
+    replaces the pretrained download (offline clusters keep their weights on disk)."""
+    pretrained = pretrained and checkpoint is None
     torch.manual_seed(seed)
     model = create_backbone(name, pretrained=pretrained, **kwargs)
     grid = getattr(getattr(model, "patch_embed", None), "img_size", None)

@@ -7,7 +7,7 @@ if TYPE_CHECKING:
     import torch
 
 from .params import Param, validate
-from .sites import GridContext, SequenceContext, SequenceTokens, Site
+from .sites import GridContext, ReducedGrid, SequenceContext, SequenceTokens, Site
 
 
 class Reducer:
@@ -49,8 +49,10 @@ class Reducer:
     def reduce_sequence(self, tokens: SequenceTokens, ctx: SequenceContext) -> SequenceTokens:
         raise NotImplementedError(f"{self.name} does not reduce sequences")
 
-    def reduce_grid(self, x: "torch.Tensor", ctx: GridContext) -> "torch.Tensor":
-        """``x``: the channel-last map [B, H, W, C] entering a grid site's scan."""
+    def reduce_grid(self, x: "torch.Tensor", ctx: GridContext) -> "torch.Tensor | ReducedGrid":
+        """``x``: the channel-last map [B, H, W, C] entering a grid site's scan. Return ``x``
+        (nothing reduced) or a ``ReducedGrid``: a smaller regular grid or a token subset with
+        positions, and the ``restore`` that maps the scan's output back to the full map."""
         raise NotImplementedError(f"{self.name} does not reduce grids")
 
     def __repr__(self) -> str:

@@ -123,19 +123,15 @@ class ReducedGrid:
 
 
 #: Where every grid method reduces by default: the same sites for all of them, so that the default
-#: head-to-head compares methods at one token budget. The choice is a measurement, not a guess:
-#: ``benchmarks/quartermap_where.py`` and "Where to reduce" in benchmarks/README.md.
-DEFAULT_GRID_WHERE = "stages:0-1"
+#: head-to-head compares methods at one token budget. Stage 0 (the 56x56 maps at 224) gives most
+#: of the speed for the fewest reduced blocks (``benchmarks/grid_methods.py --where``; README,
+#: "Grid sites"), and ToMe for Stable Diffusion likewise reduces only at the highest resolution.
+DEFAULT_GRID_WHERE = "stage:0"
 
 
 def default_grid_sites(sites: Sequence[Site]) -> list[Site]:
-    """The grid sites chosen by ``DEFAULT_GRID_WHERE`` (all grid sites of a model with fewer
-    stages than it names)."""
-    grid = [s for s in sites if s.kind == "grid"]
-    try:
-        return select_sites(grid, DEFAULT_GRID_WHERE)
-    except SiteSelectionError:
-        return grid
+    """The grid sites chosen by ``DEFAULT_GRID_WHERE``."""
+    return select_sites([s for s in sites if s.kind == "grid"], DEFAULT_GRID_WHERE)
 
 
 class Installation(Protocol):
