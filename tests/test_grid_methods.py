@@ -263,6 +263,11 @@ def test_random_drop_grid_fills_and_rejects_r():
     with pytest.raises(tokenred.ParameterError, match="r \\(tokens dropped per block\\) applies "
                                                       "to sequence sites"):
         tokenred.apply(tiny_vmamba(), "random_drop", r=3)
+    # in a comparison that is a gap in the VMamba table, not a failed run
+    df = tokenred.compare(["vmamba_tiny_s1l8"], ["random_drop:r=3"], input_size=64, batch_size=1,
+                          warmup=0, iters=1, rounds=1, backbone_kwargs=TINY_VMAMBA)
+    assert list(df["method"]) == ["none"]
+    assert "applies to sequence sites" in df.attrs["skipped"][0]["reason"]
 
 
 # --------------------------------------------------------------------------------------------

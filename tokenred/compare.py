@@ -186,9 +186,10 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
             where = params.pop("where", None)
             try:
                 handles[spec.text] = apply(model, spec.name, where=where, **params)
-            except UnsupportedSiteKindError as exc:
-                # a method that cannot serve this backbone's site kinds is a gap in the table,
-                # not a failure of the whole comparison
+            except (UnsupportedSiteKindError, ParameterError) as exc:
+                # a method that cannot serve this backbone's site kinds (or these parameters on
+                # them: random_drop's r on a grid) is a gap in the table, not a failure of the
+                # whole comparison; parameters bad everywhere were refused before measuring
                 if lead:
                     store.put(key(bname, spec, "unsupported"), {"reason": str(exc), "env": run_env})
                 report(f"{bname} {spec.text}: not supported, skipped")
