@@ -344,3 +344,20 @@ def test_grid_methods_on_cuda_match_cpu(method):
         cuda = model.cuda()(x.cuda()).cpu()
     # random destinations and drops are drawn on the CPU, so both devices reduce alike
     torch.testing.assert_close(cuda, cpu, rtol=1e-3, atol=1e-3)
+
+
+def test_compare_evaluates_grid_methods_on_data(tmp_path):
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (tmp_path / label).mkdir()
+        for i in range(2):
+            Image.new("RGB", (80, 72), (40 * i, 90, 200 if label == "a" else 10)).save(
+                tmp_path / label / f"{i}.png")
+    df = tokenred.compare(["vmamba_tiny_s1l8"], ["none", "quartermap", "tome", "random_drop"],
+                          input_size=64, batch_size=2, warmup=0, iters=1, rounds=1,
+                          backbone_kwargs=TINY_VMAMBA, data=str(tmp_path))
+    assert list(df["method"]) == ["none", "quartermap", "tome", "random_drop"]
+    assert (df["eval_images"] == 4).all() and df["agreement"].iloc[0] == 100.0
+    assert df["agreement"].notna().all() and df["kl"].notna().all()
+    assert list(df["tokens_out"]) == ["256/64/16/4"] + ["64/64/16/4"] * 3
