@@ -128,9 +128,9 @@ def test_embedded_default_end_to_end(tmp_path, capsys):
     assert "Tokens out, on grid backbones" in (tmp_path / "results.md").read_text()
 
 
-def test_presets_fill_unset_flags(monkeypatch, tmp_path):
-    import tokenred
-
+@pytest.fixture
+def seen_by_compare(monkeypatch):
+    """Replace tokenred.compare by a stub recording what the CLI hands it (then failing)."""
     seen = {}
 
     def fake_compare(backbones, specs, **kwargs):
@@ -138,6 +138,11 @@ def test_presets_fill_unset_flags(monkeypatch, tmp_path):
         raise ValueError("stop here")
 
     monkeypatch.setattr(tokenred, "compare", fake_compare)
+    return seen
+
+
+def test_presets_fill_unset_flags(seen_by_compare, tmp_path):
+    seen = seen_by_compare
     assert main(["compare", "--preset", "tome-paper", "--batch-size", "16", "--no-progress",
                  "--out", str(tmp_path / "x")]) == 2
     assert seen["backbones"][0] == "vit_small_patch16_224.augreg_in21k_ft_in1k"
@@ -146,17 +151,10 @@ def test_presets_fill_unset_flags(monkeypatch, tmp_path):
     assert seen["device"] == "cuda"
 
 
-def test_quartermap_preset_runs_its_methods(monkeypatch, tmp_path):
-    import tokenred
+def test_quartermap_preset_runs_its_methods(seen_by_compare, monkeypatch, tmp_path):
     from tokenred import presets
 
-    seen = {}
-
-    def fake_compare(backbones, specs, **kwargs):
-        seen.update(kwargs, backbones=backbones, methods=[s.text for s in specs])
-        raise ValueError("stop here")
-
-    monkeypatch.setattr(tokenred, "compare", fake_compare)
+    seen = seen_by_compare
     assert main(["compare", "--preset", "quartermap-paper", "--no-progress",
                  "--out", str(tmp_path / "x")]) == 2
     assert seen["methods"] == ["none", "quartermap", "tome", "random_drop"]

@@ -90,12 +90,16 @@ def render(groups: TokenGroups) -> np.ndarray:
     image, patch = groups.image, groups.patch
     pixel_groups = np.kron(groups.groups, np.ones((patch, patch), dtype=np.int64))
     h, w = pixel_groups.shape
-    image = image[:h, :w]
+    return _paint(image[:h, :w], pixel_groups)
+
+
+def _paint(image: np.ndarray, pixel_groups: np.ndarray) -> np.ndarray:
+    """Fill each group of pixels with its mean colour (negative ids grey), borders dark."""
     out = np.empty_like(image)
     for g in np.unique(pixel_groups):
         mask = pixel_groups == g
         out[mask] = 0.5 if g < 0 else image[mask].mean(0)
-    border = np.zeros((h, w), dtype=bool)
+    border = np.zeros(pixel_groups.shape, dtype=bool)
     border[:-1] |= pixel_groups[:-1] != pixel_groups[1:]
     border[:, :-1] |= pixel_groups[:, :-1] != pixel_groups[:, 1:]
     out[border] = 0.05
@@ -203,16 +207,7 @@ def render_grid(image: np.ndarray, site: GridSiteGroups) -> np.ndarray:
     cell_h, cell_w = image.shape[0] / height, image.shape[1] / width
     rows = np.minimum((np.arange(image.shape[0]) / cell_h).astype(int), height - 1)
     cols = np.minimum((np.arange(image.shape[1]) / cell_w).astype(int), width - 1)
-    pixel_groups = site.groups[rows][:, cols]
-    out = np.empty_like(image)
-    for g in np.unique(pixel_groups):
-        mask = pixel_groups == g
-        out[mask] = 0.5 if g < 0 else image[mask].mean(0)
-    border = np.zeros(pixel_groups.shape, dtype=bool)
-    border[:-1] |= pixel_groups[:-1] != pixel_groups[1:]
-    border[:, :-1] |= pixel_groups[:, :-1] != pixel_groups[:, 1:]
-    out[border] = 0.05
-    return out
+    return _paint(image, site.groups[rows][:, cols])
 
 
 def _save(fig: Any, out_path: str) -> None:
