@@ -687,14 +687,15 @@ class GridState:
     """Token counts of the last forward: every grid site's name -> tokens its scan ran on
     (selected sites after the reduction, the others their full map)."""
 
-    def __init__(self) -> None:
+    def __init__(self, stage_of: Mapping[str, int]) -> None:
         self.tokens: dict[str, int] = {}
+        self._stage_of = dict(stage_of)
 
     def per_stage(self) -> list[int]:
         """Fewest tokens any scan of each stage ran on, stage by stage."""
         stages: dict[int, int] = {}
         for name, count in self.tokens.items():
-            stage = int(name.split(".")[1])
+            stage = self._stage_of[name]
             stages[stage] = min(count, stages.get(stage, count))
         return [stages[k] for k in sorted(stages)]
 
@@ -710,7 +711,7 @@ class GridInstallation:
 
     def __init__(self, model: nn.Module, reducer: Any, all_sites: Sequence[tuple[Site, SS2D]],
                  chosen: set):
-        self.state = GridState()
+        self.state = GridState({s.name: s.stage for s, _ in all_sites})
         self._mixers = [m for _, m in all_sites]
         selected = [(s, m) for s, m in all_sites if s.name in chosen]
         for index, (site, mixer) in enumerate(selected):

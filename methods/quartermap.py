@@ -8,8 +8,8 @@ position's output). No merging, no matching, no retraining.
 
 Written from the paper's abstract (its body and code are not public): which position of a block
 is kept (``offset``), averaging instead of picking (``mode="avg"``) and the layer choice
-(``where``) are parameters; the default sites are ``tokenred.sites.DEFAULT_GRID_WHERE``, chosen by
-measurement (benchmarks/README.md, "Where to reduce").
+(``where``) are parameters; the default sites are ``tokenred.sites.DEFAULT_GRID_WHERE`` (stage 0),
+chosen by measurement (README, "Grid sites"; ``benchmarks/grid_methods.py --where``).
 
 Odd sizes: the last block of a row or column is partial (7 -> 4 blocks of 2, 2, 2, 1). It keeps
 its position at ``offset`` when it has one, else its last position; ``avg`` averages what the
