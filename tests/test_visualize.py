@@ -93,3 +93,33 @@ def test_tome_and_random_drop_panels(photo):
                        str(photo)).sites[0]
     assert (drop.groups < 0).sum() == 3136 - 784
     assert all(drop.groups[r, c] >= 0 for r, c in drop.kept)
+
+
+def test_tome_grid_panel_matches_an_independent_matching(photo):
+    """The drawn groups equal ToMe's own unmerge map, recomputed from the map entering the scan."""
+    from tokenred.evaluate import eval_transform
+    from tokenred.methods.tome import stride_grid_matching
+    from tokenred.sites import GridContext
+
+    drawn = grid_groups("vmamba_tiny_s1l8", "tome", str(photo)).sites[0]   # seeded by conftest
+    torch.manual_seed(0)
+    model = tokenred.create_backbone("vmamba_tiny_s1l8")
+    transform, _ = eval_transform(model, 224)
+    x = transform(Image.open(photo).convert("RGB"))[None]
+    captured = {}
+
+    class Capture(tokenred.Reducer):
+        name, kinds = "capture", frozenset({"grid"})
+
+        def reduce_grid(self, t, ctx: GridContext):
+            captured["map"] = t.clone()
+            return t
+
+    with tokenred.apply(model, Capture(), where="layers.0.blocks.0"), torch.no_grad():
+        model(x)
+    flat = captured["map"].reshape(1, 56 * 56, -1)
+    m = stride_grid_matching(flat, 56, 56, int(56 * 56 * 0.75), generator=torch.Generator().manual_seed(0))
+    ids = m.unmerge(torch.arange(m.positions.shape[1], dtype=torch.float32).view(1, -1, 1))
+    expected = ids.view(56, 56).long().numpy()
+    pairs = set(zip(drawn.groups.ravel().tolist(), expected.ravel().tolist(), strict=True))
+    assert len(pairs) == len(np.unique(expected)) == len(np.unique(drawn.groups)) == 784
