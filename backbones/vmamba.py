@@ -34,7 +34,7 @@ from timm.layers import DropPath
 from tokenred.checkpoint import CheckpointError, load_checkpoint, register_checkpoint_filter
 from tokenred.kernels import check_backend, selective_scan
 from tokenred.registry import register_backbone
-from tokenred.sites import GridContext, ReducedGrid, Site, register_site_adapter
+from tokenred.sites import GridContext, ReducedGrid, Site, register_site_adapter, take_tokens
 
 K_DIRECTIONS = 4
 
@@ -168,13 +168,13 @@ class SS2D(nn.Module):
         by_row = (positions[..., 0] * width + positions[..., 1]).argsort(dim=-1)
         by_col = (positions[..., 1] * height + positions[..., 0]).argsort(dim=-1)
         xs = x.new_empty(count, batch, K_DIRECTIONS, dim)
-        xs[:, :, 0] = _take(x, by_row).transpose(0, 1)
-        xs[:, :, 1] = _take(x, by_col).transpose(0, 1)
+        xs[:, :, 0] = take_tokens(x, by_row).transpose(0, 1)
+        xs[:, :, 1] = take_tokens(x, by_col).transpose(0, 1)
         xs[:, :, 2:] = xs[:, :, :2].flip(0)
         y = self.scan_directions(xs)
         rows = (y[:, :, 0] + y[:, :, 2].flip(0)).transpose(0, 1)     # [B, T, D] in row order
         cols = (y[:, :, 1] + y[:, :, 3].flip(0)).transpose(0, 1)     # [B, T, D] in column order
-        return _take(rows, by_row.argsort(dim=-1)) + _take(cols, by_col.argsort(dim=-1))
+        return take_tokens(rows, by_row.argsort(dim=-1)) + take_tokens(cols, by_col.argsort(dim=-1))
 
     def scan_directions(self, xs: Tensor) -> Tensor:
         """Selective scan of time-major sequences xs [L, B, K, D], one per direction, each with
@@ -194,13 +194,6 @@ class SS2D(nn.Module):
         y = selective_scan(u, delta, -torch.exp(self.A_logs.float()), bs, cs, self.Ds.float(),
                            None, self.dt_projs_bias.float().view(-1), True, self.scan_backend)
         return y.permute(2, 0, 1).reshape(length, batch, k, dim).to(xs.dtype)   # time-major
-
-
-def _take(x: Tensor, index: Tensor) -> Tensor:
-    """x [B, T, D] reordered along T by ``index`` ([T] shared, or [B, T] per image)."""
-    if index.dim() == 1:
-        return x.index_select(1, index)
-    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
 class Mlp(nn.Module):

@@ -16,14 +16,14 @@ on grids is 0.25, QuarterMap's quarter, so the default comparison is at one toke
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Sequence
 
 import torch
 
 from tokenred import Reducer, register_method
 from tokenred.params import Choice, Float, Int, ParameterError
 from tokenred.sites import (GridContext, ReducedGrid, SequenceContext, SequenceTokens, Site,
-                            default_grid_sites)
+                            default_grid_sites, take_tokens)
 
 DEFAULT_KEEP = 0.7          # sequence sites (EViT's keep rate)
 DEFAULT_GRID_KEEP = 0.25    # grid sites (QuarterMap's quarter)
@@ -35,12 +35,6 @@ def random_keep_indices(batch: int, n: int, keep: int, generator: torch.Generato
     noise = torch.rand(batch, n, generator=generator)
     idx = noise.argsort(dim=1)[:, :keep].sort(dim=1).values
     return idx.to(device)
-
-
-def gather_tokens(t: Optional[torch.Tensor], idx: torch.Tensor) -> Optional[torch.Tensor]:
-    if t is None:
-        return None
-    return t.gather(1, idx[..., None].expand(-1, -1, t.shape[-1]))
 
 
 def fill_index(kept: torch.Tensor, n: int) -> torch.Tensor:
@@ -114,8 +108,8 @@ class RandomDrop(Reducer):
         idx = random_keep_indices(B, n, keep, self._generator, tokens.x.device) + P
         prefix = torch.arange(P, device=idx.device).expand(B, P)
         idx = torch.cat([prefix, idx], dim=1)
-        return SequenceTokens(gather_tokens(tokens.x, idx), gather_tokens(tokens.size, idx),
-                              gather_tokens(tokens.source, idx))
+        return SequenceTokens(take_tokens(tokens.x, idx), take_tokens(tokens.size, idx),
+                              take_tokens(tokens.source, idx))
 
     def reduce_grid(self, x: torch.Tensor, ctx: GridContext) -> Any:
         batch, height, width, c = (int(d) for d in x.shape)
@@ -124,13 +118,13 @@ class RandomDrop(Reducer):
         if keep >= n:
             return x
         kept = random_keep_indices(batch, n, keep, self._generator, x.device)  # row-major sorted
-        tokens = gather_tokens(x.reshape(batch, n, c), kept)
+        tokens = take_tokens(x.reshape(batch, n, c), kept)
         positions = torch.stack([kept // width, kept % width], dim=-1)
         if self.params["fill"] == "copy":
             index = fill_index(kept, n)
 
             def restore(y: torch.Tensor) -> torch.Tensor:
-                return gather_tokens(y, index).view(batch, height, width, y.shape[-1])
+                return take_tokens(y, index).view(batch, height, width, y.shape[-1])
 
             return ReducedGrid(tokens, restore, positions=positions, copies=True)
 

@@ -30,7 +30,7 @@ import torch
 from tokenred import Reducer, register_method
 from tokenred.params import Bool, Float, Int, Param, ParameterError
 from tokenred.sites import (GridContext, ReducedGrid, SequenceContext, SequenceTokens, Site,
-                            default_grid_sites)
+                            default_grid_sites, take_tokens)
 
 MergeFn = Callable[..., torch.Tensor]
 
@@ -165,13 +165,12 @@ def stride_grid_matching(metric: torch.Tensor, height: int, width: int, r: int, 
     def merge(x: torch.Tensor) -> torch.Tensor:
         c = x.shape[-1]
         sources, dests = x.index_select(1, src), x.index_select(1, dst)
-        unm = sources.gather(1, unm_idx[..., None].expand(-1, -1, c))
-        moved = sources.gather(1, src_idx[..., None].expand(-1, -1, c))
+        unm, moved = take_tokens(sources, unm_idx), take_tokens(sources, src_idx)
         dests = dests.scatter_reduce(1, dst_idx[..., None].expand(-1, -1, c), moved, reduce="mean")
         return torch.cat([unm, dests], dim=1)
 
     def unmerge(y: torch.Tensor) -> torch.Tensor:
-        return y.gather(1, restore_idx[..., None].expand(-1, -1, y.shape[-1]))
+        return take_tokens(y, restore_idx)
 
     return GridMerge(merge, unmerge, positions)
 

@@ -50,6 +50,16 @@ class SequenceTokens:
     source: Optional[torch.Tensor] = None
 
 
+def take_tokens(x: Optional[torch.Tensor], index: torch.Tensor) -> Optional[torch.Tensor]:
+    """``x`` [B, T, C] selected or reordered along T by ``index`` ([K] shared by the batch, or
+    [B, K] per image) -> [B, K, C]; None stays None (optional size/source tensors)."""
+    if x is None:
+        return None
+    if index.dim() == 1:
+        return x.index_select(1, index)
+    return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
 class SequenceContext:
     """What a sequence site tells the reducer besides the tokens themselves.
 
