@@ -130,10 +130,9 @@ class GridGroups:
 def _restored_ids(reduced: Any, batch: int) -> torch.Tensor:
     """Id + 1 of the scanned token every map cell receives (0: none), through ``restore``."""
     x = reduced.x
-    count = reduced.num_tokens
-    ids = torch.arange(1, count + 1, dtype=torch.float64, device=x.device)
-    ids = ids.view(1, *x.shape[1:-1], 1).expand(batch, *x.shape[1:-1], 1)
-    return reduced.restore(ids.to(x.dtype) if x.dtype == torch.float64 else ids.float())
+    # float32 holds every id exactly (maps have far fewer than 2**24 cells)
+    ids = torch.arange(1, reduced.num_tokens + 1, dtype=torch.float32, device=x.device)
+    return reduced.restore(ids.view(1, *x.shape[1:-1], 1).expand(batch, *x.shape[1:-1], 1))
 
 
 class _Recorder(Reducer):
