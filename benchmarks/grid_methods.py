@@ -22,7 +22,6 @@ same specs for accuracy, which needs pretrained weights).
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import statistics
 import sys
@@ -35,15 +34,11 @@ from tokenred.report import write_json
 from tokenred.sites import GridContext, ReducedGrid, Site
 from tokenred.timing import benchmark_interleaved, paired_ratio
 
+from _protocol import TimingDefaults, gflops_or_nan
+
+PROTOCOL = TimingDefaults(cpu_batch=8, cuda_batch=128, cpu_warmup=2, cpu_iters=10, rounds=5)
 METHODS = ["none", "quartermap", "quartermap:mode=avg", "tome", "random_drop"]
 WHERE = ["stage:0", "stage:1", "stage:2", "stage:3", "stages:0-1", "stages:0-2", "stages:0-3"]
-
-
-def _gflops(model) -> float:
-    try:
-        return tokenred.count_flops(model, 224).gflops
-    except ImportError:        # fvcore missing (e.g. a bare GPU image): timing still runs
-        return float("nan")
 
 
 def build(backbone: str, specs: list[str], device: str) -> tuple[dict, dict, dict]:
@@ -55,7 +50,7 @@ def build(backbone: str, specs: list[str], device: str) -> tuple[dict, dict, dic
         where = params.pop("where", None)
         model = copy.deepcopy(base)
         handle = tokenred.apply(model, name, where=where, **params)
-        gflops[spec] = _gflops(model)
+        gflops[spec] = gflops_or_nan(model)
         with torch.no_grad():
             model(torch.randn(1, 3, 224, 224))
         tokens[spec] = handle.state.tokens_out
@@ -172,23 +167,11 @@ def reduction_cost(args, batch: int, reps: int) -> dict:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=None, help="CPU 8, CUDA 128")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--amp", action="store_true")
-    parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--iters", type=int, default=None)
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=None)
+    parser = PROTOCOL.parser(__doc__.split("\n")[0])
     parser.add_argument("--backbone", default="vmamba_tiny_s1l8")
     parser.add_argument("--where", action="store_true", help="also sweep QuarterMap's sites")
-    parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    cuda = args.device.startswith("cuda")
-    batch = args.batch_size or (128 if cuda else 8)
-    warmup = args.warmup if args.warmup is not None else (50 if cuda else 2)
-    iters = args.iters or (30 if cuda else 10)
+    cuda, batch, warmup, iters = PROTOCOL.resolve(args)
     payload: dict = {"args": vars(args), "batch_size": batch}
 
     models, gflops, tokens = build(args.backbone, METHODS, args.device)

@@ -15,7 +15,6 @@ is checked against.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import sys
 
@@ -25,24 +24,19 @@ import tokenred
 from tokenred.report import write_json
 from tokenred.timing import benchmark_interleaved, paired_ratio
 
+from _protocol import TimingDefaults, gflops_or_nan
+
+# ToMe's GPU batch (256); CPU: 60 timed forwards over 20 rounds
+PROTOCOL = TimingDefaults(cpu_batch=8, cuda_batch=256, cpu_warmup=3, cpu_iters=60, rounds=20,
+                          cuda_iters=100)
+
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = PROTOCOL.parser(__doc__.split("\n")[0])
     parser.add_argument("--backbone", default="deit_small_patch16_224")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=None, help="CPU 8, CUDA 256 (ToMe's)")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--amp", action="store_true")
-    parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--iters", type=int, default=None)
-    parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--r", type=int, default=13)
-    parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    cuda = args.device.startswith("cuda")
-    batch = args.batch_size or (256 if cuda else 8)
-    warmup = args.warmup if args.warmup is not None else (50 if cuda else 3)
-    iters = args.iters or (100 if cuda else 60)
+    _, batch, warmup, iters = PROTOCOL.resolve(args)
 
     torch.manual_seed(0)
     plain = tokenred.create_backbone(args.backbone)
@@ -51,13 +45,9 @@ def main() -> int:
     tokenred.apply(none, "none")
     tokenred.apply(tome, "tome", r=args.r)
     models = {"plain": plain, "none": none, f"tome r={args.r}": tome}
-    try:
-        gflops = {name: tokenred.count_flops(m, 224).gflops for name, m in models.items()}
-    except ImportError as exc:  # fvcore absent (e.g. a bare GPU image): time only
-        print(f"FLOPs not counted: {exc}")
-        gflops = {name: float("nan") for name in models}
+    gflops = {name: gflops_or_nan(m) for name, m in models.items()}
     res = benchmark_interleaved(models, 224, batch, args.device, args.dtype, args.amp, warmup,
-                                iters, args.rounds)
+                                iters, args.rounds, args.threads)
     env = res["plain"].env
 
     # absolute overhead of the hook path, worst case: a 12-block ViT with almost no compute

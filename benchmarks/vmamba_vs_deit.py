@@ -13,7 +13,6 @@ and, paired, the median of per-round ratios.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
@@ -23,26 +22,19 @@ from tokenred.kernels import mamba_ssm_available
 from tokenred.report import write_json
 from tokenred.timing import benchmark_interleaved, paired_ratio
 
+from _protocol import TimingDefaults
+
+# batch 1 on CPU (latency); VMamba's batch 128 on CUDA
+PROTOCOL = TimingDefaults(cpu_batch=1, cuda_batch=128, cpu_warmup=3, cpu_iters=20, rounds=10)
+
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=None, help="CPU 1, CUDA 128")
-    parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--amp", action="store_true")
-    parser.add_argument("--warmup", type=int, default=None)
-    parser.add_argument("--iters", type=int, default=None)
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=None)
+    parser = PROTOCOL.parser(__doc__.split("\n")[0])
     parser.add_argument("--vmamba", default="vmamba_tiny_s1l8")
     parser.add_argument("--reference", choices=["auto", "yes", "no"], default="auto",
                         help="also time the sequential-loop backend (auto: on CPU only)")
-    parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    cuda = args.device.startswith("cuda")
-    batch = args.batch_size or (128 if cuda else 1)
-    warmup = args.warmup if args.warmup is not None else (50 if cuda else 3)
-    iters = args.iters or (30 if cuda else 20)
+    cuda, batch, warmup, iters = PROTOCOL.resolve(args)
 
     torch.manual_seed(0)
     models = {"deit_small_patch16_224": tokenred.create_backbone("deit_small_patch16_224"),
