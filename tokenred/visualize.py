@@ -41,10 +41,22 @@ class TokenGroups:
     num_tokens: int
 
 
+def _model_input(model: Any, image_path: str, input_size: int) -> tuple[torch.Tensor, np.ndarray]:
+    """The image through the model's own eval transform ([1, 3, H, W]), and that crop as an
+    [H, W, 3] array in [0, 1] for drawing."""
+    from PIL import Image
+
+    transform, config = eval_transform(model, input_size)
+    with Image.open(image_path) as img:
+        x = transform(img.convert("RGB"))[None]
+    mean = torch.tensor(config["mean"])[:, None, None]
+    std = torch.tensor(config["std"])[:, None, None]
+    return x, (x[0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
+
+
 def token_groups(backbone: str, method: str, image_path: str, input_size: int = 224,
                  checkpoint: Optional[str] = None, pretrained: bool = False,
                  model: Any = None) -> TokenGroups:
-    from PIL import Image
 
     if model is None:
         model = create_backbone(backbone, pretrained=pretrained, checkpoint=checkpoint)
@@ -56,9 +68,7 @@ def token_groups(backbone: str, method: str, image_path: str, input_size: int = 
         model = create_backbone(backbone, pretrained=pretrained, checkpoint=checkpoint,
                                 img_size=input_size)
         grid = model.patch_embed.grid_size
-    transform, config = eval_transform(model, input_size)
-    with Image.open(image_path) as img:
-        x = transform(img.convert("RGB"))[None]
+    x, image = _model_input(model, image_path, input_size)
     name, params = parse_method_spec(method)
     where = params.pop("where", None)
     handle = apply(model, name, where=where, **params)
@@ -79,9 +89,6 @@ def token_groups(backbone: str, method: str, image_path: str, input_size: int = 
         held = membership.sum(0) > 0
         groups[held.numpy()] = holders[held].numpy()
         n_tokens = int(source.shape[1] - prefix)
-    mean = torch.tensor(config["mean"])[:, None, None]
-    std = torch.tensor(config["std"])[:, None, None]
-    image = (x[0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
     return TokenGroups(image, groups.reshape(gh, gw), input_size // gh, n_tokens)
 
 
@@ -182,21 +189,15 @@ def grid_groups(backbone: str, method: str, image_path: str, input_size: int = 2
                 checkpoint: Optional[str] = None, pretrained: bool = False,
                 model: Any = None) -> GridGroups:
     """Run ``method`` on a grid backbone for one image and record every reduced site."""
-    from PIL import Image
 
     if model is None:
         model = create_backbone(backbone, pretrained=pretrained, checkpoint=checkpoint)
-    transform, config = eval_transform(model, input_size)
-    with Image.open(image_path) as img:
-        x = transform(img.convert("RGB"))[None]
+    x, image = _model_input(model, image_path, input_size)
     name, params = parse_method_spec(method)
     where = params.pop("where", None)
     recorder = _Recorder(get_method(name)(**params))
     with apply(model, recorder, where=where), torch.inference_mode():
         model(x)
-    mean = torch.tensor(config["mean"])[:, None, None]
-    std = torch.tensor(config["std"])[:, None, None]
-    image = (x[0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
     return GridGroups(image, list(recorder.records))
 
 
