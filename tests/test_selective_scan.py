@@ -6,8 +6,9 @@ from torch import nn
 
 import tokenred
 from tokenred.kernels import (ScanBackendError, resolve_backend, scan_macs, scan_reference,
-                              scan_torch, selective_scan, set_default_backend)
-from tokenred.kernels import selective_scan as ss_module
+                              scan_torch, scan_torch_autograd, selective_scan, set_default_backend)
+import importlib
+ss_module = importlib.import_module("tokenred.kernels.selective_scan")
 
 
 def make_inputs(batch, dim, d_state, length, groups=4, regime="init", gen_seed=0):
@@ -131,14 +132,65 @@ def test_shape_errors_name_the_argument(bad, message):
         selective_scan(**inputs)
 
 
-def test_gradients_fall_back_to_the_differentiable_reference():
-    inputs = make_inputs(1, 4, 2, 9)
-    u = inputs["u"].clone().requires_grad_(True)
-    ss_module._warned_grad = False
-    with pytest.warns(UserWarning, match="differentiable sequential reference"):
-        y = selective_scan(**{**inputs, "u": u})
-    y.sum().backward()
-    assert u.grad is not None and torch.isfinite(u.grad).all()
+def _scan_grads(fn, inputs, grad_out):
+    leaves = {k: v.clone().requires_grad_(True) if isinstance(v, torch.Tensor) else v
+              for k, v in inputs.items()}
+    y = fn(**leaves)
+    (y * grad_out.to(y.dtype)).sum().backward()
+    return y, {k: v.grad for k, v in leaves.items() if isinstance(v, torch.Tensor)}
+
+
+@pytest.mark.parametrize("d_state,length,layout,gate", [
+    (1, 49, "grouped", False), (1, 300, "grouped", True), (16, 196, "grouped", True),
+    (4, 97, "shared", False), (4, 33, "constant", True), (16, 1, "grouped", False)])
+@pytest.mark.parametrize("regime", ["init", "large"])
+def test_torch_backward_matches_autograd_through_float64_reference(d_state, length, layout, gate,
+                                                                   regime):
+    inputs = make_inputs(2, 16, d_state, length, groups=4, regime=regime, gen_seed=3)
+    g = torch.Generator().manual_seed(7)
+    if layout == "shared":       # [batch, N, L]: one group
+        inputs["B"], inputs["C"] = inputs["B"][:, 0], inputs["C"][:, 0]
+    elif layout == "constant":   # [D, N]
+        inputs["B"], inputs["C"] = torch.randn(16, d_state, generator=g), torch.randn(16, d_state, generator=g)
+    if gate:
+        inputs["z"] = torch.randn(2, 16, length, generator=g)
+    grad_out = torch.randn(2, 16, length, generator=g)
+    y_ref, ref = _scan_grads(scan_reference, float64(inputs), grad_out)
+    y, got = _scan_grads(scan_torch_autograd, inputs, grad_out)
+    assert rel_err(y, y_ref) < 1e-5
+    assert set(got) == set(ref)
+    for name in ref:
+        assert got[name].shape == ref[name].shape and got[name].dtype == torch.float32, name
+        if not ref[name].any():  # e.g. A at length 1: no earlier state, the gradient is exactly 0
+            assert not got[name].any(), name
+        else:
+            assert rel_err(got[name], ref[name]) < 1e-4, name
+
+
+def test_gradients_run_the_fast_backward_of_the_chosen_backend():
+    inputs = make_inputs(1, 8, 2, 40)
+    grad_out = torch.randn(1, 8, 40)
+    _, ref = _scan_grads(lambda **kw: selective_scan(**kw, backend="reference"), inputs, grad_out)
+    calls = []
+    original = ss_module._DIFFERENTIABLE["torch"]
+    ss_module._DIFFERENTIABLE["torch"] = lambda *a: calls.append(1) or original(*a)
+    try:
+        _, got = _scan_grads(lambda **kw: selective_scan(**kw, backend="torch"), inputs, grad_out)
+    finally:
+        ss_module._DIFFERENTIABLE["torch"] = original
+    assert calls == [1]
+    for name in ref:
+        assert rel_err(got[name], ref[name].double()) < 1e-4, name
+
+
+def test_model_training_step_through_the_fast_backward():
+    model = tokenred.create_backbone("vmamba_tiny_s1l8", depths=[1, 1, 1, 1], dims=16,
+                                     num_classes=3).train()
+    x = torch.randn(2, 3, 32, 32)
+    model(x).logsumexp(-1).sum().backward()
+    grads = [p.grad for p in model.parameters()]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert model.layers[0].blocks[0].op.A_logs.grad.abs().sum() > 0
 
 
 class _ScanOnly(nn.Module):

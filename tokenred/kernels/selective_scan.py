@@ -24,12 +24,12 @@ importable, ``torch`` otherwise.
 
 Inference runs through one custom op, ``tokenred::selective_scan``, so that FLOP counters see the
 scan as one operation and count it with VMamba's formula 9·B·L·D·N + B·D·L (D = K·d_inner): see
-``tokenred/flops.py``. When gradients are needed the differentiable reference loop runs instead
-(slow; post-training token reduction never needs it).
+``tokenred/flops.py``. When gradients are needed (training), ``torch`` runs the same chunked scan
+in a ``torch.autograd.Function`` whose backward is the adjoint recurrence through the same chunked
+kernel (``scan_torch_autograd``); ``reference`` is differentiated by autograd through the loop.
 """
 from __future__ import annotations
 
-import warnings
 from typing import Optional
 
 import torch
@@ -285,6 +285,104 @@ def _time_major(t: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 # --------------------------------------------------------------------------------------------
+# torch with gradients: the chunked scan forward and its adjoint (training)
+# --------------------------------------------------------------------------------------------
+def _as_time_major_inputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                          delta_bias: Optional[Tensor], ct: torch.dtype):
+    dt_raw = delta.permute(2, 0, 1).to(ct)                                  # [L, b, d]
+    if delta_bias is not None:
+        dt_raw = dt_raw + delta_bias.to(ct)
+    return dt_raw, u.permute(2, 0, 1).to(ct), A.to(ct), _time_major(B, ct), _time_major(C, ct)
+
+
+def _grad_of_bc(g: Tensor, like: Tensor) -> Tensor:
+    """A gradient computed time-major as [L, b, G, N] back in the layout of B or C."""
+    if like.dim() == 2:                      # constant [D, N]: one group per channel
+        return g.sum((0, 1)).to(like.dtype)
+    g = g.permute(1, 2, 3, 0)                # [b, G, N, L]
+    return (g[:, 0] if like.dim() == 3 else g).to(like.dtype).contiguous()
+
+
+class _ScanTorchFunction(torch.autograd.Function):
+    """The ``torch`` backend with a backward: the forward is the chunked scan (keeping the states
+    h_t), the backward runs the adjoint recurrence λ_t = ∂y_t/∂h_t + a_{t+1} λ_{t+1} with the same
+    chunked kernel on the time-reversed sequence, then forms every gradient from λ and h in a few
+    vectorised products. Memory: two [L, b, D, N] tensors per call."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk):
+        ct = _compute_dtype(u)
+        length, batch, dim, n = u.shape[2], u.shape[0], u.shape[1], A.shape[1]
+        dt_raw, u_t, a, Bt, Ct = _as_time_major_inputs(u, delta, A, B, C, delta_bias, ct)
+        dt = _softplus(dt_raw) if delta_softplus else dt_raw
+        groups = Bt.shape[2]
+        grouped = (length, batch, groups, dim // groups)
+        decay = torch.mul(dt.unsqueeze(-1), a).exp_()                         # [L, b, d, N]
+        drive = (torch.mul(dt, u_t).view(grouped).unsqueeze(-1) * Bt).view(length, batch, dim, n)
+        h = _recurrence_(decay, drive, chunk)                                 # the states h_t
+        y = (h.view(grouped + (n,)) * Ct).sum(-1).view(length, batch, dim)
+        if D is not None:
+            y = y + u_t * D.to(ct)
+        out = y if z is None else y * F.silu(z.permute(2, 0, 1).to(ct))
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, h, y)
+        ctx.delta_softplus, ctx.chunk = delta_softplus, chunk
+        return out.permute(1, 2, 0)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        u, delta, A, B, C, D, z, delta_bias, h, y = ctx.saved_tensors
+        ct = h.dtype
+        length, batch, dim, n = h.shape
+        dt_raw, u_t, a, Bt, Ct = _as_time_major_inputs(u, delta, A, B, C, delta_bias, ct)
+        dt = _softplus(dt_raw) if ctx.delta_softplus else dt_raw
+        groups = Bt.shape[2]
+        grouped = (length, batch, groups, dim // groups)
+        g = grad_out.permute(2, 0, 1).to(ct)                                  # [L, b, d]
+        grad_z = None
+        if z is not None:
+            zt = z.permute(2, 0, 1).to(ct)
+            sig = torch.sigmoid(zt)
+            grad_z = (g * y * sig * (1 + zt * (1 - sig))).permute(1, 2, 0).to(z.dtype)
+            g = g * zt * sig
+        grad_D = None if D is None else (g * u_t).sum((0, 1)).to(D.dtype)
+        grad_u = g * D.to(ct) if D is not None else torch.zeros_like(g)
+        g5 = g.view(grouped).unsqueeze(-1)                                    # [L, b, G, d/G, 1]
+        grad_C = _grad_of_bc((g5 * h.view(grouped + (n,))).sum(3), C)
+        # adjoint: reversed in time, λ'_s = gh'_s + a'_s λ'_{s-1} with a'_s = a_{L-s}
+        decay = torch.mul(dt.unsqueeze(-1), a).exp_()
+        lam = (g5 * Ct).view(length, batch, dim, n).flip(0)
+        a_rev = torch.empty_like(decay)
+        a_rev[0] = 1.0
+        a_rev[1:] = decay[1:].flip(0)
+        lam = _recurrence_(a_rev, lam, ctx.chunk).flip(0)                    # λ_t, time order
+        # decay_t = exp(dt_t a): d/d(dt_t a) = λ_t h_{t-1} decay_t
+        grad_x = lam * decay
+        grad_x[1:] *= h[:-1]
+        grad_x[0] = 0.0
+        lam_b = (lam.view(grouped + (n,)) * Bt).sum(-1).view(length, batch, dim)   # Σ_n λ B
+        grad_dt = (grad_x * a).sum(-1) + lam_b * u_t
+        grad_u = grad_u + lam_b * dt
+        grad_A = (grad_x * dt.unsqueeze(-1)).sum((0, 1)).to(A.dtype)
+        grad_B = _grad_of_bc((lam.view(grouped + (n,)) * (dt * u_t).view(grouped).unsqueeze(-1))
+                             .sum(3), B)
+        if ctx.delta_softplus:
+            grad_dt = grad_dt * torch.sigmoid(dt_raw)
+        grad_bias = None if delta_bias is None else grad_dt.sum((0, 1)).to(delta_bias.dtype)
+        return (grad_u.permute(1, 2, 0).to(u.dtype), grad_dt.permute(1, 2, 0).to(delta.dtype),
+                grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias, None, None)
+
+
+def scan_torch_autograd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                        D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+                        delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
+                        chunk: int = DEFAULT_CHUNK) -> Tensor:
+    """The ``torch`` backend, differentiable (a custom backward; see ``_ScanTorchFunction``)."""
+    if chunk < 2:
+        raise ValueError(f"chunk must be >= 2, got {chunk}")
+    return _ScanTorchFunction.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk)
+
+
+# --------------------------------------------------------------------------------------------
 # mamba_ssm
 # --------------------------------------------------------------------------------------------
 def scan_mamba_ssm(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
@@ -302,6 +400,10 @@ def scan_mamba_ssm(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
 
 
 _IMPLEMENTATIONS = {"torch": scan_torch, "reference": scan_reference, "mamba_ssm": scan_mamba_ssm}
+#: what runs when gradients are needed: reference is plain autograd through the loop, mamba_ssm's
+#: function has its own backward
+_DIFFERENTIABLE = {"torch": scan_torch_autograd, "reference": scan_reference,
+                   "mamba_ssm": scan_mamba_ssm}
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,9 +419,6 @@ def _selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
 @_selective_scan_op.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
     return u.new_empty(u.shape, dtype=_compute_dtype(u))
-
-
-_warned_grad = False
 
 
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
@@ -338,16 +437,8 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     # (a jit trace, as fvcore's counter takes, must record the one op, not an unrolled loop)
     needs_grad = torch.is_grad_enabled() and not torch.jit.is_tracing() and any(
         t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias))
-    if needs_grad and name != "mamba_ssm":
-        global _warned_grad
-        if not _warned_grad:
-            _warned_grad = True
-            warnings.warn("tokenred selective_scan: gradients requested; running the "
-                          "differentiable sequential reference loop (slow). The fast 'torch' "
-                          "backend is inference-only.", stacklevel=2)
-        return scan_reference(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    if needs_grad:  # mamba_ssm's function has its own autograd
-        return scan_mamba_ssm(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if needs_grad:  # each differentiable backend has its own backward
+        return _DIFFERENTIABLE[name](u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return _selective_scan_op(u, delta, A, B, C, D, z, delta_bias, delta_softplus, name)
 
 
@@ -395,6 +486,6 @@ def _register_flop_rules() -> None:
 
 _register_flop_rules()
 
-__all__ = ["selective_scan", "scan_torch", "scan_reference", "scan_mamba_ssm", "scan_macs",
+__all__ = ["selective_scan", "scan_torch", "scan_torch_autograd", "scan_reference", "scan_mamba_ssm", "scan_macs",
            "BACKENDS", "ScanBackendError", "set_default_backend", "get_default_backend",
            "resolve_backend", "mamba_ssm_available", "DEFAULT_CHUNK"]
