@@ -24,8 +24,8 @@ from torch import nn
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from tokenred.checkpoint import register_checkpoint_filter
-from tokenred.sites import (SequenceContext, SequenceTokens, Site, UnsupportedModelError,
-                            register_site_adapter)
+from tokenred.sites import (SEQUENCE_PLACEMENTS, SequenceContext, SequenceTokens, Site,
+                            SiteQuantityError, UnsupportedModelError, register_site_adapter)
 
 _BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
 _ATTN_PARTS = ("qkv", "num_heads", "head_dim", "q_norm", "k_norm", "attn_drop", "proj", "proj_drop",
@@ -33,7 +33,8 @@ _ATTN_PARTS = ("qkv", "num_heads", "head_dim", "q_norm", "k_norm", "attn_drop", 
 
 
 class SequenceState:
-    """Token bookkeeping for one forward: size/source of the current tokens and token counts."""
+    """Token bookkeeping for one forward: size/source/mask of the current tokens, token counts,
+    and (with source tracking) each site's output sources."""
 
     def __init__(self) -> None:
         self.reset()
@@ -41,7 +42,10 @@ class SequenceState:
     def reset(self) -> None:
         self.size: Optional[torch.Tensor] = None
         self.source: Optional[torch.Tensor] = None
+        self.mask: Optional[torch.Tensor] = None
         self.tokens: dict[str, int] = {}  # site name -> tokens leaving that site
+        self.site_sources: dict[str, torch.Tensor] = {}   # site name -> [B, T, T0] (tracing)
+        self.last_attention: Optional[tuple] = None       # (q, k, bias, scale) of a captured block
 
     @property
     def tokens_out(self) -> Optional[int]:
@@ -51,9 +55,9 @@ class SequenceState:
 
 def attention_with_keys(attn: nn.Module) -> Callable:
     """A function running timm's ``Attention.forward`` step for step (so outputs are bit-identical
-    when bias is None), with an optional additive bias, that also returns the keys
-    ([B, H, T, head_dim]) the merge metric is taken from. Optional parts are looked up once here,
-    not on every call."""
+    when bias is None), with an optional additive bias, that also returns the queries, keys and
+    values ([B, H, T, head_dim]; q and k after qk-norm, unscaled) the sites' attention quantities
+    are computed from. Optional parts are looked up once here, not on every call."""
     gate = getattr(attn, "gate", None)
     out_norm = getattr(attn, "norm", None)
     attn_dim = getattr(attn, "attn_dim", attn.num_heads * attn.head_dim)
@@ -82,9 +86,28 @@ def attention_with_keys(attn: nn.Module) -> Callable:
         if g is not None:
             x = x * g
         x = attn.proj_drop(attn.proj(x))
-        return x, k
+        return x, q, k, v
 
     return run
+
+
+def class_attention_row(q: torch.Tensor, k: torch.Tensor, scale: float,
+                        bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """Post-softmax attention of the class token's query (position 0) over all keys, per head:
+    [B, H, T], from q_cls and the keys only (O(T·d) per head; no [T, T] matrix)."""
+    logits = (q[:, :, :1] * scale) @ k.transpose(-2, -1)             # [B, H, 1, T]
+    if bias is not None:
+        logits = logits + bias[..., :1, :].to(logits.dtype)
+    return logits.softmax(dim=-1)[:, :, 0]
+
+
+def received_attention(q: torch.Tensor, k: torch.Tensor, scale: float,
+                       bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """Attention each token received, summed over heads and queries: [B, T] (O(T²))."""
+    logits = (q * scale) @ k.transpose(-2, -1)
+    if bias is not None:
+        logits = logits + bias.to(logits.dtype)
+    return logits.softmax(dim=-1).sum(dim=(1, 2))
 
 
 class ViTAdapter:
@@ -114,6 +137,7 @@ class ViTInstallation:
         self.state = SequenceState()
         self._restore: list[Callable[[], None]] = []
         self._class_token = getattr(model, "cls_token", None) is not None
+        self._prop_attn = bool(reducer.proportional_attention)
         self._distill_token = getattr(model, "dist_token", None) is not None
         try:
             self._install(sites)
@@ -137,12 +161,20 @@ class ViTInstallation:
 
     def _install(self, sites: list[Site]) -> None:
         model = self.model
+        placement = getattr(self.reducer, "sequence_placement", "attention")
+        if placement not in SEQUENCE_PLACEMENTS:
+            raise ValueError(f"{self.reducer.name}: sequence_placement={placement!r}; "
+                             f"one of {SEQUENCE_PLACEMENTS}")
+        self._check_requirements(sites, placement)
         at_block = {s.block: (i, s) for i, s in enumerate(sites)}
-        first = min(at_block)
+        # at a block's input the previous block's attention is what a reducer can read
+        capture = {s.block - 1 for s in sites if s.block > 0} if placement == "block_input" else set()
+        first = min(set(at_block) | capture)
         for b in range(first, len(model.blocks)):
             blk = model.blocks[b]
             index, site = at_block.get(b, (None, None))
-            self._patch(blk, "forward", self._block_forward(blk, site, index, len(sites)))
+            self._patch(blk, "forward", self._block_forward(blk, site, index, len(sites),
+                                                            placement, b in capture))
         hook = model.patch_embed.register_forward_pre_hook(self._begin_forward)
         self._restore.append(hook.remove)
         if hasattr(model, "pool"):
@@ -155,42 +187,92 @@ class ViTInstallation:
         self.state.reset()
         self.reducer.begin_forward()
 
+    def _check_requirements(self, sites: list[Site], placement: str) -> None:
+        needs = set(getattr(self.reducer, "requires", ()))
+        if placement == "attention":
+            given = {"metric", "values"} | ({"cls_attention"} if self._class_token else set())
+        else:
+            given = {"received_attention"} if all(s.block > 0 for s in sites) else set()
+        missing = sorted(needs - given)
+        if missing:
+            why = ("this ViT has no class token" if "cls_attention" in missing and placement == "attention"
+                   else f"the {placement} placement gives {sorted(given) or 'nothing'} at "
+                        f"{[s.name for s in sites]}")
+            raise SiteQuantityError(f"{self.reducer.name} needs {', '.join(missing)}: {why}")
+
     def _block_forward(self, blk: nn.Module, site: Optional[Site], index: Optional[int],
-                       num_sites: int) -> Callable:
+                       num_sites: int, placement: str, capture: bool) -> Callable:
         original = type(blk).forward.__get__(blk)
         state, reducer = self.state, self.reducer
-        prop_attn = bool(reducer.proportional_attention)
         attention = attention_with_keys(blk.attn)
+        scale = float(blk.attn.head_dim ** -0.5)
+        at_input, after_attention = (site is not None and placement == "block_input",
+                                     site is not None and placement == "attention")
 
         def forward(x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None,
                     is_causal: bool = False) -> torch.Tensor:
-            bias_needed = prop_attn and state.size is not None
-            if site is None and not bias_needed:
+            if site is None and not capture and not self._bias_needed():
                 return original(x, attn_mask=attn_mask, is_causal=is_causal)
             if attn_mask is not None or is_causal:
                 raise NotImplementedError("tokenred: attention masks cannot be combined with token "
                                           "reduction (the token count changes inside the network)")
-            bias = state.size.log()[:, None, None, :, 0] if bias_needed else None
-            y, k = attention(blk.norm1(x), bias)
+            if at_input:
+                x = self._reduce(x, site, index, num_sites, None, placement)
+            bias = self._attention_bias() if self._bias_needed() else None
+            y, q, k, v = attention(blk.norm1(x), bias)
+            if capture:
+                state.last_attention = (q, k, bias, scale)
             x = x + blk.drop_path1(blk.ls1(y))
-            if site is not None:
-                x = self._reduce(x, k, site, index, num_sites)
+            if after_attention:
+                x = self._reduce(x, site, index, num_sites, (q, k, v, bias, scale), placement)
             return x + blk.drop_path2(blk.ls2(blk.mlp(blk.norm2(x))))
 
         return forward
 
-    def _reduce(self, x: torch.Tensor, k: torch.Tensor, site: Site, index: int,
-                num_sites: int) -> torch.Tensor:
+    def _bias_needed(self) -> bool:
+        state = self.state
+        return state.mask is not None or (self._prop_attn and state.size is not None)
+
+    def _attention_bias(self) -> torch.Tensor:
+        """Additive attention bias [B, 1, 1, T]: log(size) (proportional attention) and -inf on
+        padded keys (per-image token counts)."""
+        state = self.state
+        bias = state.size.log()[:, None, None, :, 0] if (self._prop_attn and state.size is not None) else None
+        if state.mask is not None:
+            pad = torch.zeros(state.mask.shape, dtype=torch.float32, device=state.mask.device)
+            pad = pad.masked_fill(~state.mask, float("-inf"))[:, None, None, :]
+            bias = pad if bias is None else bias + pad
+        return bias
+
+    def _providers(self, attn: Optional[tuple]) -> dict:
+        if attn is None:   # block input: only what the previous block's attention left
+            if self.state.last_attention is None:
+                return {}
+            q0, k0, bias0, scale0 = self.state.last_attention
+            return {"received_attention": lambda: received_attention(q0, k0, scale0, bias0)}
+        q, k, v, bias, scale = attn
+        out = {"metric": lambda: k.mean(1),
+               "values": lambda: v.transpose(1, 2).reshape(v.shape[0], v.shape[2], -1)}
+        if self._class_token:
+            out["cls_attention"] = lambda: class_attention_row(q, k, scale, bias)
+        return out
+
+    def _reduce(self, x: torch.Tensor, site: Site, index: int, num_sites: int,
+                attn: Optional[tuple], placement: str) -> torch.Tensor:
         state, reducer = self.state, self.reducer
         if reducer.trace_source and state.source is None:
             B, T, _ = x.shape
             state.source = torch.eye(T, device=x.device, dtype=x.dtype)[None].expand(B, T, T)
         ctx = SequenceContext(site, index, num_sites, class_token=self._class_token,
-                              distill_token=self._distill_token, metric_fn=lambda: k.mean(1),
-                              trace_source=reducer.trace_source)
-        out = reducer.reduce_sequence(SequenceTokens(x, state.size, state.source), ctx)
-        state.size, state.source = out.size, out.source
+                              distill_token=self._distill_token, trace_source=reducer.trace_source,
+                              providers=self._providers(attn), placement=placement,
+                              depth=len(self.model.blocks),
+                              num_patches=int(self.model.patch_embed.num_patches))
+        out = reducer.reduce_sequence(SequenceTokens(x, state.size, state.source, state.mask), ctx)
+        state.size, state.source, state.mask = out.size, out.source, out.mask
         state.tokens[site.name] = int(out.x.shape[1])
+        if out.source is not None:
+            state.site_sources[site.name] = out.source
         return out.x
 
     def _weighted_pool(self, original: Callable) -> Callable:
@@ -199,12 +281,20 @@ class ViTInstallation:
         def pool(x: torch.Tensor, pool_type: Optional[str] = None) -> torch.Tensor:
             kind = model.global_pool if pool_type is None else pool_type
             attention_pool = getattr(model, "attn_pool", None) is not None
-            if state.size is None or attention_pool or kind not in ("avg", "avgmax"):
+            reduced = state.size is not None or state.mask is not None
+            if not reduced or attention_pool or kind not in ("avg", "avgmax"):
                 return original(x, pool_type)
             start = 0 if getattr(model, "pool_include_prefix", False) else model.num_prefix_tokens
-            xs, w = x[:, start:], state.size[:, start:].to(x.dtype)
+            w = (state.size if state.size is not None else x.new_ones(x.shape[:2] + (1,)))
+            if state.mask is not None:   # padding counts for nothing
+                w = w * state.mask[..., None]
+            xs, w = x[:, start:], w[:, start:].to(x.dtype)
             mean = (xs * w).sum(dim=1) / w.sum(dim=1)
-            return mean if kind == "avg" else 0.5 * (xs.amax(dim=1) + mean)
+            if kind == "avg":
+                return mean
+            if state.mask is not None:
+                xs = xs.masked_fill(~state.mask[:, start:, None], float("-inf"))
+            return 0.5 * (xs.amax(dim=1) + mean)
 
         return pool
 

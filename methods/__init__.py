@@ -1,2 +1,2 @@
 """Built-in token-reduction methods, one file each. Importing this package registers them."""
-from . import none, quartermap, random_drop, tome  # noqa: F401
+from . import ats, dpc_knn, evit, kmedoids, none, pitome, quartermap, random_drop, tome  # noqa: F401

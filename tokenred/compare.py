@@ -5,18 +5,19 @@ import copy
 import json
 import os
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import pandas as pd
 import torch
 
 from .apply import UnsupportedSiteKindError, apply
-from .backbone import create_backbone
+from .backbone import create_backbone, default_input_size
 from .checkpoint import load_checkpoint
 from .evaluate import distributed_rank_world, evaluate, require_readable, scan_folder
 from .flops import count_flops, count_params
 from .params import ParameterError, parse_method_spec, split_method_list, split_top_level
 from .registry import get_backbone, get_method
+from .sites import SiteQuantityError
 from .store import Key, ResultsStore
 from .timing import benchmark_interleaved, environment, resolve_device, resolve_dtype
 
@@ -25,7 +26,8 @@ DEFAULT_METHODS = ("none", "quartermap", "tome:r=13", "random_drop")
 
 COLUMNS = ["backbone", "method", "params", "n_params", "gflops", "flop_reduction_pct",
            "images_per_s", "speedup", "latency_median_ms", "latency_iqr_ms", "tokens_out",
-           "top1", "top5", "delta_top1", "agreement", "kl", "eval_images", "eval_failed",
+           "top1", "top5", "delta_top1", "delta_top1_ci_low", "delta_top1_ci_high", "mcnemar_p",
+           "agreement", "kl", "eval_images", "eval_failed",
            "batch_size", "input_size", "dtype", "device", "device_name", "threads", "torch",
            "timm", "tokenred", "scan_backend"]
 
@@ -88,11 +90,13 @@ def _build_backbone(name: str, input_size: int, pretrained: bool, seed: int,
 def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
             methods: Union[str, Sequence[str]] = DEFAULT_METHODS, *,
             device: str = "cpu", batch_size: Optional[int] = None,
-            input_size: int = 224, dtype: str = "float32", amp: bool = False,
+            input_size: Optional[int] = None, dtype: str = "float32", amp: bool = False,
             warmup: Optional[int] = None, iters: Optional[int] = None, rounds: int = 5,
-            threads: Optional[int] = None, pretrained: bool = False, seed: int = 0,
-            checkpoints: Optional[dict] = None, backbone_kwargs: Optional[dict] = None,
-            data: Optional[str] = None, limit: Optional[int] = None, num_workers: int = 0,
+            threads: Optional[int] = None, pretrained: Union[bool, Sequence[str]] = False,
+            seed: int = 0, checkpoints: Optional[dict] = None,
+            backbone_kwargs: Optional[dict] = None,
+            data: Optional[Union[str, Mapping[str, str]]] = None, limit: Optional[int] = None,
+            num_workers: int = 0,
             transform_overrides: Optional[dict] = None, store: Optional[ResultsStore] = None,
             progress: Optional[Callable[[str], None]] = None) -> pd.DataFrame:
     """Measure ``methods`` (``"name"`` or ``"name:key=value,..."``) on ``backbones``.
@@ -105,10 +109,16 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
     with a short message at each step. A method that cannot serve a backbone's site kinds (a
     sequence-only method on VMamba) is skipped there and listed in ``df.attrs["skipped"]``.
 
+    ``input_size``: one size for every backbone, or ``None`` for each backbone's own (its data
+    config: 224 for the ImageNet models, 64 for the reference models). ``pretrained``: a bool for
+    every backbone, or the names of the backbones that load their pretrained (or bundled) weights.
+
     ``data``: a folder of images (ImageFolder tree, or flat and unlabeled) to evaluate every method
-    on with the backbone's own eval transform (``limit``: the first N images): top-1/top-5 (labeled
-    data), Δtop-1 against ``none``, agreement with ``none``'s top-1 and mean KL(none ‖ method).
-    Images that fail to decode are skipped and listed in ``df.attrs["failed_images"]``.
+    on with the backbone's own eval transform (``limit``: the first N images), or a mapping from
+    backbone names to folders (backbones not in it are not evaluated): top-1/top-5 (labeled
+    data), Δtop-1 against ``none`` with its 95% paired-bootstrap interval and McNemar's exact p,
+    agreement with ``none``'s top-1 and mean KL(none ‖ method). Images that fail to decode are
+    skipped and listed in ``df.attrs["failed_images"]``.
 
     ``store``: a ``ResultsStore``; every measurement is written there as soon as it is taken, and
     what it already holds (same backbone, method, sizes, dtype, device, weights and protocol) is
@@ -134,7 +144,12 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
         raise ParameterError(f"checkpoint given for {unknown}, which is not among the backbones "
                              f"{backbone_names}")
 
-    images = scan_folder(data).head(limit) if data is not None else None
+    folders = _per_backbone(data, backbone_names, None)
+    scanned = {f: scan_folder(f).head(limit) for f in dict.fromkeys(folders.values()) if f}
+    images_of = {b: scanned[f] if f else None for b, f in folders.items()}
+    pretrained_of = _pretrained_per_backbone(pretrained, backbone_names)
+    size_of = {b: input_size if input_size is not None
+               else default_input_size(b, **dict(backbone_kwargs or {})) for b in backbone_names}
     if num_workers < 0:
         raise ParameterError(f"num_workers={num_workers}: give 0 or more")
     report = progress or (lambda msg: None)
@@ -143,23 +158,26 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
     device_text = str(dev)
 
     def variant_of(bname: str, kind: str) -> str:
-        weights = json.dumps({"seed": seed, "pretrained": pretrained,
+        weights = json.dumps({"seed": seed, "pretrained": pretrained_of[bname],
                               "checkpoint": checkpoints.get(bname),
                               "kwargs": backbone_kwargs or {}}, sort_keys=True, default=str)
         if kind == "timing":
             return weights + json.dumps({"warmup": warmup, "iters": iters, "rounds": rounds,
                                          "threads": threads})
         if kind == "eval":
-            return weights + json.dumps({"data": os.path.abspath(images.root), "limit": limit,
+            return weights + json.dumps({"data": os.path.abspath(images_of[bname].root),
+                                         "limit": limit,
                                          "transform": transform_overrides or {}}, sort_keys=True)
         return weights if kind == "flops" else ""
 
     def key(bname: str, spec: MethodSpec, kind: str) -> Key:
-        return Key(bname, spec.text, input_size, batch_size, dtype_text, device_text, kind,
+        return Key(bname, spec.text, size_of[bname], batch_size, dtype_text, device_text, kind,
                    variant_of(bname, kind))
 
     run_env = environment(dev, resolve_dtype(dtype), amp)   # stored with every measurement
-    kinds = ("flops", "timing") + (("eval",) if images is not None else ())
+    def kinds_of(bname: str) -> tuple[str, ...]:
+        return ("flops", "timing") + (("eval",) if images_of[bname] is not None else ())
+
     base_spec = next(s for s in specs if s.is_baseline)
     # under torch.distributed: rank 0 counts, times (one device per configuration) and writes
     # the store; every rank evaluates its shard of the images
@@ -167,13 +185,14 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
     lead = rank == 0
     for bname in backbone_names:
         _barrier(world)  # every rank reads the same stored state before deciding what to measure
-        todo = {spec.text: [k for k in kinds if store.get(key(bname, spec, k)) is None]
+        input_size, images = size_of[bname], images_of[bname]
+        todo = {spec.text: [k for k in kinds_of(bname) if store.get(key(bname, spec, k)) is None]
                 for spec in specs if store.get(key(bname, spec, "unsupported")) is None}
         if not any(todo.values()):
             report(f"{bname}: all stored, skipped")
             continue
         report(f"{bname}: build")
-        base = _build_backbone(bname, input_size, pretrained, seed, checkpoints.get(bname),
+        base = _build_backbone(bname, input_size, pretrained_of[bname], seed, checkpoints.get(bname),
                                dict(backbone_kwargs or {}))
         n_params = count_params(base)
         models, handles = {}, {}
@@ -186,7 +205,7 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
             where = params.pop("where", None)
             try:
                 handles[spec.text] = apply(model, spec.name, where=where, **params)
-            except (UnsupportedSiteKindError, ParameterError) as exc:
+            except (UnsupportedSiteKindError, SiteQuantityError, ParameterError) as exc:
                 # a method that cannot serve this backbone's site kinds (or these parameters on
                 # them: random_drop's r on a grid) is a gap in the table, not a failure of the
                 # whole comparison; parameters bad everywhere were refused before measuring
@@ -244,8 +263,9 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
             if gap is not None:
                 skipped.append({"backbone": bname, "method": spec.text, "reason": gap["reason"]})
                 continue
-            payloads = {k: store.get(key(bname, spec, k)) for k in kinds}
-            rows.append(make_row(bname, spec.text, batch_size, input_size, payloads, base_flops))
+            payloads = {k: store.get(key(bname, spec, k)) for k in kinds_of(bname)}
+            rows.append(make_row(bname, spec.text, batch_size, size_of[bname], payloads,
+                                 base_flops))
             if payloads.get("eval") and not failed_images:
                 failed_images = [tuple(f) for f in payloads["eval"]["failed_images"]]
     df = pd.DataFrame(rows, columns=COLUMNS)
@@ -272,9 +292,32 @@ def make_row(backbone: str, method_text: str, batch_size: int, input_size: int,
         row[k] = timing.get(k)
     for k in ("device", "device_name", "threads", "torch", "timm", "tokenred", "scan_backend"):
         row[k] = env.get(k)
-    for k in ("top1", "top5", "delta_top1", "agreement", "kl", "eval_images", "eval_failed"):
+    for k in ("top1", "top5", "delta_top1", "delta_top1_ci_low", "delta_top1_ci_high",
+              "mcnemar_p", "agreement", "kl", "eval_images", "eval_failed"):
         row[k] = ev.get(k)
     return row
+
+
+def _per_backbone(value: Any, names: list[str], default: Any) -> dict:
+    """One setting for every backbone, or a mapping by backbone name (others get ``default``)."""
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(names))
+        if unknown:
+            raise ParameterError(f"settings given for {unknown}, which is not among the "
+                                 f"backbones {names}")
+        return {b: value.get(b, default) for b in names}
+    return {b: value if value is not None else default for b in names}
+
+
+def _pretrained_per_backbone(pretrained: Union[bool, Sequence[str]], names: list[str]) -> dict:
+    if isinstance(pretrained, bool):
+        return {b: pretrained for b in names}
+    chosen = as_list(pretrained)
+    unknown = sorted(set(chosen) - set(names))
+    if unknown:
+        raise ParameterError(f"pretrained weights asked for {unknown}, which is not among the "
+                             f"backbones {names}")
+    return {b: b in chosen for b in names}
 
 
 def _barrier(world: int) -> None:

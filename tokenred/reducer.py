@@ -25,6 +25,12 @@ class Reducer:
     proportional_attention: bool = False
     #: keep [B, T, T0] source membership (for visualisation; costs memory)
     trace_source: bool = False
+    #: where in a sequence block the reducer works: "attention" (after the attention residual,
+    #: before the MLP: ToMe, EViT, ATS, PiToMe) or "block_input" (before norm1: K-Medoids, DPC-KNN)
+    sequence_placement: ClassVar[str] = "attention"
+    #: the site quantities the reducer reads (``SequenceContext``: metric, cls_attention, values,
+    #: received_attention); a backbone that cannot give one refuses the installation up front
+    requires: ClassVar[frozenset] = frozenset()
     #: a sentence on the default ``where`` for ``tokenred list`` and the README
     default_where_doc: ClassVar[str] = "every site of a supported kind"
 

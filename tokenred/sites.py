@@ -43,11 +43,19 @@ class SequenceTokens:
 
     x: [B, T, C]. size: [B, T, 1] number of original tokens each token stands for (None = all 1).
     source: [B, T, T0] 0/1 membership of original tokens (None unless source tracking is on).
+    mask: [B, T] bool, True for real tokens (None = all real). A method that keeps a different
+    number of tokens per image (ATS) pads the batch at the end and marks the padding False; the
+    backbone then hides padded tokens from every later attention and from pooling.
     """
 
     x: torch.Tensor
     size: Optional[torch.Tensor] = None
     source: Optional[torch.Tensor] = None
+    mask: Optional[torch.Tensor] = None
+
+
+#: where in a sequence block a reducer works (``Reducer.sequence_placement``)
+SEQUENCE_PLACEMENTS = ("attention", "block_input")
 
 
 def take_tokens(x: Optional[torch.Tensor], index: torch.Tensor) -> Optional[torch.Tensor]:
@@ -60,31 +68,72 @@ def take_tokens(x: Optional[torch.Tensor], index: torch.Tensor) -> Optional[torc
     return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
 
 
+class SiteQuantityError(ValueError):
+    """A reducer asked a site for something this backbone or placement cannot give (attention at
+    a block's input, a class-token attention row without a class token)."""
+
+
 class SequenceContext:
     """What a sequence site tells the reducer besides the tokens themselves.
 
-    ``metric`` (attention keys averaged over heads, [B, T, head_dim]) is computed on first access
-    only, so reducers that do not use it do not pay for it.
+    Every attention-derived quantity is computed on first access only, so a reducer pays for
+    exactly what it reads:
+
+    * ``metric`` — attention keys averaged over heads, [B, T, head_dim] (ToMe, PiToMe);
+    * ``cls_attention`` — the class token's attention row, post-softmax, per head, [B, H, T]
+      (cls column included): computed from q_cls and the keys, O(T·d) per head, no [T, T]
+      matrix (EViT, Top-K, ATS);
+    * ``values`` — the attention's value vectors, heads concatenated, [B, T, H·head_dim] (ATS);
+    * ``received_attention`` — at a block's input: the attention each token received in the
+      previous block, summed over heads and queries, [B, T] (weighted K-Medoids; O(T²)).
+
+    A quantity the site cannot give raises ``SiteQuantityError`` naming it.
     """
 
     def __init__(self, site: Site, index: int, num_selected: int, *, class_token: bool,
-                 distill_token: bool, metric_fn: Callable[[], torch.Tensor],
-                 trace_source: bool):
+                 distill_token: bool, metric_fn: Optional[Callable[[], torch.Tensor]] = None,
+                 trace_source: bool, providers: Optional[dict] = None, placement: str = "attention",
+                 depth: Optional[int] = None, num_patches: Optional[int] = None):
         self.site = site
+        self.depth = depth                  # blocks in the network (depth-scaled schedules)
+        self.num_patches = num_patches      # non-prefix tokens entering the network
         self.index = index                  # position of this site among the selected ones
         self.num_selected = num_selected
         self.num_prefix_tokens = site.num_prefix_tokens
         self.class_token = class_token
         self.distill_token = distill_token
         self.trace_source = trace_source
-        self._metric_fn = metric_fn
-        self._metric: Optional[torch.Tensor] = None
+        self.placement = placement
+        self._providers = dict(providers or {})
+        if metric_fn is not None:
+            self._providers["metric"] = metric_fn
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def _get(self, name: str) -> torch.Tensor:
+        if name not in self._cache:
+            provider = self._providers.get(name)
+            if provider is None:
+                raise SiteQuantityError(
+                    f"{self.site.name} ({self.placement} placement) cannot provide {name!r}; "
+                    f"available here: {sorted(self._providers) or 'nothing'}")
+            self._cache[name] = provider()
+        return self._cache[name]
 
     @property
     def metric(self) -> torch.Tensor:
-        if self._metric is None:
-            self._metric = self._metric_fn()
-        return self._metric
+        return self._get("metric")
+
+    @property
+    def cls_attention(self) -> torch.Tensor:
+        return self._get("cls_attention")
+
+    @property
+    def values(self) -> torch.Tensor:
+        return self._get("values")
+
+    @property
+    def received_attention(self) -> torch.Tensor:
+        return self._get("received_attention")
 
 
 class GridContext:
@@ -137,6 +186,29 @@ class ReducedGrid:
 #: of the speed for the fewest reduced blocks (``benchmarks/grid_methods.py --where``; README,
 #: "Grid sites"), and ToMe for Stable Diffusion likewise reduces only at the highest resolution.
 DEFAULT_GRID_WHERE = "stage:0"
+
+
+#: the reduction blocks of EViT, DynamicViT and TokenReduction on a 12-block ViT (0-based)
+TWELVE_BLOCK_LOCATIONS = (3, 6, 9)
+
+
+def scaled_locations(depth: int, locations: Sequence[int] = TWELVE_BLOCK_LOCATIONS,
+                     reference_depth: int = 12) -> list[int]:
+    """Block locations given for a 12-block ViT, scaled to ``depth``: floor(l · depth / 12)."""
+    return sorted({(loc * depth) // reference_depth for loc in locations})
+
+
+def scaled_sequence_sites(sites: Sequence[Site], kinds: Iterable[str]) -> list[Site]:
+    """The sequence sites at ``scaled_locations`` of the model's depth."""
+    sites = [s for s in sites if s.kind in set(kinds)]
+    chosen = set(scaled_locations(len(sites)))
+    return [s for i, s in enumerate(sites) if i in chosen]
+
+
+def cumulative_keep_count(num_patches: int, keep: float, index: int) -> int:
+    """Tokens kept at the index-th reduction under a cumulative keep rate (TokenReduction's
+    K-Medoids / DPC-KNN): int(P · keep^(index+1))."""
+    return int(num_patches * keep ** (index + 1))
 
 
 def default_grid_sites(sites: Sequence[Site]) -> list[Site]:

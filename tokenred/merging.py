@@ -1,0 +1,46 @@
+"""Token-merging arithmetic shared by sequence methods: size-weighted merges of chosen tokens
+into chosen destinations, with size and source bookkeeping. Pure functions on tensors."""
+from __future__ import annotations
+
+import torch
+
+from .sites import SequenceTokens, take_tokens
+
+
+def with_prefix(prefix: int, index: torch.Tensor) -> torch.Tensor:
+    """[B, K] indices into the non-prefix tokens -> [B, prefix + K] indices into all tokens, the
+    prefix tokens first in their own order."""
+    batch = index.shape[0]
+    head = torch.arange(prefix, device=index.device).expand(batch, prefix)
+    return torch.cat([head, index + prefix], dim=1)
+
+
+def merge_weighted(tokens: SequenceTokens, keep: torch.Tensor, merged: torch.Tensor,
+                   into: torch.Tensor) -> SequenceTokens:
+    """Keep the tokens ``keep`` [B, K] (indices into all tokens, in output order) and average
+    the tokens ``merged`` [B, M] into the kept positions ``into`` [B, M] (indices into ``keep``),
+    weighting every token by its size (ToMe's ``x_d <- (s_d x_d + Σ s_m x_m) / (s_d + Σ s_m)``);
+    sizes add up, sources are united."""
+    x, size = tokens.x, tokens.size
+    if size is None:
+        size = x.new_ones(x.shape[0], x.shape[1], 1)
+    weighted = x * size
+    out = take_tokens(weighted, keep)
+    out_size = take_tokens(size, keep)
+    dst = into[..., None]
+    out = out.scatter_reduce(1, dst.expand(-1, -1, x.shape[-1]), take_tokens(weighted, merged),
+                             reduce="sum")
+    out_size = out_size.scatter_reduce(1, dst, take_tokens(size, merged), reduce="sum")
+    source = None
+    if tokens.source is not None:
+        source = take_tokens(tokens.source, keep).scatter_reduce(
+            1, dst.expand(-1, -1, tokens.source.shape[-1]), take_tokens(tokens.source, merged),
+            reduce="amax")
+    return SequenceTokens(out / out_size, out_size, source)
+
+
+def cosine_matrix(metric: torch.Tensor) -> torch.Tensor:
+    """[B, T, c] -> [B, T, T] cosine similarities (self-similarity 1)."""
+    m = metric / metric.norm(dim=-1, keepdim=True)
+    return m @ m.transpose(-1, -2)
+
