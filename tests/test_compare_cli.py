@@ -108,24 +108,45 @@ def test_cli_checkpoint_flag(tmp_path, capsys):
 
 
 def test_embedded_default_end_to_end(tmp_path, capsys):
-    """`tokenred compare` with no arguments: DeiT-S and VMamba-T[s1l8] with none / quartermap /
-    tome:r=13 / random_drop (QuarterMap is grid-only and reported as not run on DeiT-S), CPU."""
+    """`tokenred compare` with no arguments: DeiT-S and VMamba-T[s1l8] at 224 px with none /
+    quartermap / tome:r=13 / random_drop (QuarterMap is grid-only and reported as not run on the
+    ViTs), then the PBC reference models with their bundled weights on the bundled sample, CPU."""
+    from tokenred.reference import load_cards
+
     assert main(["compare", "--out", str(tmp_path), "--no-progress"]) == 0
-    df = pd.read_csv(tmp_path / "results.csv")
-    assert list(df["backbone"]) == ["deit_small_patch16_224"] * 3 + ["vmamba_tiny_s1l8"] * 4
-    assert list(df["method"]) == ["none", "tome", "random_drop",
-                                  "none", "quartermap", "tome", "random_drop"]
+    df = pd.read_csv(tmp_path / "results.csv", keep_default_na=False, na_values=[""])
+    speed = df[df["input_size"] == 224]
+    assert list(speed["backbone"]) == ["deit_small_patch16_224"] * 3 + ["vmamba_tiny_s1l8"] * 4
+    assert list(speed["method"]) == ["none", "tome", "random_drop",
+                                     "none", "quartermap", "tome", "random_drop"]
     # ToMe on a grid pays for its similarity matmul: more MACs than the unreduced model
-    assert df["gflops"].round(2).tolist() == [4.61, 2.71, 2.99, 4.91, 4.82, 5.17, 4.82]
-    assert df["n_params"].tolist()[-1] == 30_249_064
-    assert df["tokens_out"].astype(str).tolist() == ["197", "41", "68", "3136/784/196/49"] + \
+    assert speed["gflops"].round(2).tolist() == [4.61, 2.71, 2.99, 4.91, 4.82, 5.17, 4.82]
+    assert speed["n_params"].tolist()[-1] == 30_249_064
+    assert speed["tokens_out"].astype(str).tolist() == ["197", "41", "68", "3136/784/196/49"] + \
         ["784/784/196/49"] * 3
+    assert speed["top1"].isna().all()             # random weights: no accuracy claimed
     assert (df["batch_size"] == 8).all() and (df["device"] == "cpu").all()
     assert df["speedup"].notna().all()
+    # real accuracy: the PBC reference models on the bundled 800-image test sample, each row as
+    # its model card recorded it (one image of slack for float rounding across machines)
+    real = df[df["input_size"] == 64]
+    cards = load_cards()
+    assert list(dict.fromkeys(real["backbone"])) == ["deit_tiny_pbc64", "vmamba_tiny_pbc64",
+                                                     "medmamba_tiny_pbc64"]
+    for _, row in real.iterrows():
+        spec = row["method"] + (":" + row["params"] if isinstance(row["params"], str) else "")
+        recorded = cards[row["backbone"]]["sample_eval"]["methods"][spec]
+        assert row["eval_images"] == 800
+        assert abs(row["top1"] - recorded["top1"]) <= 100 / 800 + 1e-9, (row["backbone"], spec)
+        assert row["top1"] > 80
+        if row["method"] != "none":
+            assert row["delta_top1_ci_low"] <= row["delta_top1"] <= row["delta_top1_ci_high"]
     out = capsys.readouterr().out
     assert "| tome | r=13 |" in out and "| quartermap | – |" in out
     assert "Not run: `quartermap` on deit_small_patch16_224" in out
+    assert "95% paired-bootstrap interval" in out
     assert "Tokens out, on grid backbones" in (tmp_path / "results.md").read_text()
+    assert (tmp_path / "vmamba_tiny_pbc64.png").is_file()
 
 
 @pytest.fixture
@@ -168,3 +189,36 @@ def test_quartermap_preset_runs_its_methods(seen_by_compare, monkeypatch, tmp_pa
                                                         "methods": ["none", "vmeanba"]})
     with pytest.raises(ValueError, match="needs method\\(s\\) \\['vmeanba'\\]"):
         presets.get_preset("needs-more")
+
+
+def test_reference_presets(seen_by_compare, tmp_path, capsys):
+    from tokenred.reference import PBC_SAMPLE_DIR
+
+    seen = seen_by_compare
+    assert main(["compare", "--preset", "pbc64", "--no-progress", "--out", str(tmp_path / "a")]) == 2
+    assert seen["backbones"] == ["deit_tiny_pbc64", "vmamba_tiny_pbc64", "medmamba_tiny_pbc64"]
+    assert seen["methods"] == ["none", "quartermap", "tome", "random_drop"]
+    assert seen["pretrained"] is True and seen["data"] == PBC_SAMPLE_DIR
+    assert seen["input_size"] is None                   # each model's own (64 px)
+    # cifar10 has no bundled sample: --data is required, and named
+    assert main(["compare", "--preset", "cifar10", "--no-progress", "--out", str(tmp_path / "b")]) == 2
+    assert "needs --data DIR" in capsys.readouterr().err
+    assert main(["compare", "--preset", "cifar10", "--data", str(tmp_path), "--no-progress",
+                 "--out", str(tmp_path / "c")]) == 2
+    assert seen["backbones"] == ["deit_tiny_cifar10", "vmamba_tiny_cifar10"]
+    assert seen["data"] == str(tmp_path)
+
+
+def test_no_arguments_runs_the_default_preset(seen_by_compare, tmp_path):
+    from tokenred.reference import PBC_SAMPLE_DIR
+
+    seen = seen_by_compare
+    assert main(["compare", "--no-progress", "--out", str(tmp_path / "a")]) == 2
+    pbc = ["deit_tiny_pbc64", "vmamba_tiny_pbc64", "medmamba_tiny_pbc64"]
+    assert seen["backbones"] == ["deit_small_patch16_224", "vmamba_tiny_s1l8"] + pbc
+    assert seen["pretrained"] == pbc and seen["data"] == {n: PBC_SAMPLE_DIR for n in pbc}
+    # naming backbones leaves the preset out entirely
+    assert main(["compare", "--backbones", "deit_tiny_patch16_224", "--no-progress",
+                 "--out", str(tmp_path / "b")]) == 2
+    assert seen["backbones"] == ["deit_tiny_patch16_224"] and seen["data"] is None
+    assert seen["pretrained"] is False

@@ -17,6 +17,9 @@ from .compare import compare
 # built-in backbones and methods register themselves on import
 from . import backbones as _backbones  # noqa: E402,F401
 from . import methods as _methods  # noqa: E402,F401
+from .reference import register_reference_models as _register_reference_models  # noqa: E402
+
+_register_reference_models()
 
 __all__ = [
     "Reducer", "register_method", "register_backbone", "list_methods", "list_backbones",

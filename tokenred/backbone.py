@@ -45,3 +45,22 @@ def create_backbone(name: str, pretrained: bool = False, checkpoint: Optional[st
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, strict=strict)
     return model.eval()
+
+
+def default_input_size(name: str, **kwargs: Any) -> int:
+    """The input resolution a backbone is made for (its data config's ``input_size``; 224 when it
+    declares none), found without allocating weights (built on the meta device)."""
+    import torch
+
+    from .reference import get_reference
+
+    spec = get_reference(name)
+    if spec is not None and "img_size" not in kwargs:
+        return spec.input_px
+    with torch.device("meta"):
+        model = create_backbone(name, **kwargs)
+    size = (getattr(model, "pretrained_cfg", None) or {}).get("input_size")
+    grid = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if grid is not None and "img_size" in kwargs:
+        return int(tuple(grid)[0])
+    return int(size[-1]) if size else 224

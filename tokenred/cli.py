@@ -40,7 +40,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     from tokenred.presets import get_preset
 
-    preset = get_preset(args.preset) if args.preset else {}
+    explicit = args.backbones or args.methods or args.preset
+    preset = get_preset(args.preset or "default") if (args.preset or not explicit) else {}
     backbones = (as_list(args.backbones) if args.backbones
                  else list(preset.get("backbones", DEFAULT_BACKBONES)))
     methods = (as_method_list(args.methods) if args.methods
@@ -50,6 +51,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     args.batch_size = args.batch_size or preset.get("batch_size")
     if args.pretrained is None:
         args.pretrained = preset.get("pretrained", False)
+    data = args.data if args.data is not None else preset.get("data")
+    if data is None and preset.get("needs_data"):
+        raise ValueError(f"preset {args.preset!r} needs --data DIR (the extracted test split)")
     specs = [MethodSpec.parse(m) for m in methods]  # fail on a bad spec before any work
     n_methods = len(specs) + (0 if any(s.is_baseline for s in specs) else 1)  # compare adds none
     rounds = min(args.rounds, args.iters) if args.iters else args.rounds
@@ -86,7 +90,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                               batch_size=args.batch_size, input_size=args.input_size,
                               dtype=args.dtype, amp=args.amp, warmup=args.warmup,
                               iters=args.iters, rounds=args.rounds, threads=args.threads,
-                              pretrained=args.pretrained, seed=args.seed, data=args.data,
+                              pretrained=args.pretrained, seed=args.seed, data=data,
                               limit=args.limit, num_workers=args.num_workers,
                               transform_overrides=overrides, store=store, progress=progress)
     except BaseException:
@@ -192,18 +196,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_list)
 
     p = sub.add_parser("compare", help="measure methods on backbones and write a report",
-                       description="With no arguments: random-init DeiT-S, synthetic images, CPU, "
-                                   "methods none / tome:r=13 / random_drop.")
+                       description="With no arguments (preset 'default'): none / quartermap / "
+                                   "tome:r=13 / random_drop on random-init DeiT-S and VMamba-T at "
+                                   "224 px (speed, FLOPs) and on the PBC reference models with "
+                                   "their bundled weights, evaluated on the bundled PBC test "
+                                   "sample (real accuracy); CPU.")
     p.add_argument("--backbones", help="comma-separated backbone names")
     p.add_argument("--methods", help="comma-separated specs: name or name:key=value,key=value, "
                                      "e.g. none,tome:r=13,prop_attn=false,random_drop:keep=0.5 "
                                      "(brackets keep commas inside values: tome:r=[8,8,4])")
     p.add_argument("--preset", default=None,
-                   help="a published comparison: quartermap-paper or tome-paper (see README); "
-                        "flags given explicitly override it")
+                   help="a published comparison (quartermap-paper, tome-paper) or a reference-"
+                        "model comparison (pbc64, cifar10; see README); flags given explicitly "
+                        "override it")
     p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--batch-size", type=int, default=None, help="default 8 on CPU, 128 on CUDA")
-    p.add_argument("--input-size", type=int, default=224, help="square image side (default 224)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="square image side (default: each backbone's own, e.g. 224 for the "
+                        "ImageNet models, 64 for the reference models)")
     p.add_argument("--dtype", default=None, help="float32 (default), float16 or bfloat16")
     p.add_argument("--amp", action="store_true", help="fp32 weights under autocast to --dtype")
     p.add_argument("--warmup", type=int, default=None, help="untimed forwards (CPU 3, CUDA 50)")
@@ -238,9 +248,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, help="a method spec, e.g. tome:r=13")
     p.add_argument("--image", required=True, help="an image file")
     p.add_argument("--out", help="PNG to write (default <image>-<method>.png)")
-    p.add_argument("--input-size", type=int, default=224)
+    p.add_argument("--input-size", type=int, default=None,
+                   help="default: the backbone's own (224; 64 for the reference models)")
     p.add_argument("--checkpoint", default=None, help="local weights for the backbone")
-    p.add_argument("--pretrained", action="store_true", help="timm pretrained weights")
+    p.add_argument("--pretrained", action="store_true",
+                   help="pretrained weights (timm's; the reference models' bundled ones)")
     p.set_defaults(fn=_cmd_visualize)
 
     p = sub.add_parser("report", help="regenerate a run's tables and plots from its results store")

@@ -17,12 +17,14 @@ protocol there: short side 256 bicubic, center crop 224, ImageNet mean/std).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field, fields
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .stats import mcnemar_exact_p, paired_bootstrap_ci
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif")
 
@@ -132,11 +134,11 @@ class EvalCounts:
     correct5: int = 0
     agree: int = 0
     kl_sum: float = 0.0
+    base_only: int = 0      # images the unreduced model gets right and this one wrong
+    method_only: int = 0    # ... and the other way round (paired statistics of Δtop-1)
 
     def __add__(self, other: "EvalCounts") -> "EvalCounts":
-        return EvalCounts(self.n + other.n, self.correct1 + other.correct1,
-                          self.correct5 + other.correct5, self.agree + other.agree,
-                          self.kl_sum + other.kl_sum)
+        return EvalCounts(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
     def metrics(self, labeled: bool) -> dict[str, float]:
         n = max(self.n, 1)
@@ -144,6 +146,13 @@ class EvalCounts:
         nan = float("nan")
         out["top1"] = 100.0 * self.correct1 / n if labeled else nan
         out["top5"] = 100.0 * self.correct5 / n if labeled else nan
+        if labeled:
+            low, high = paired_bootstrap_ci(self.n, self.base_only, self.method_only)
+            out.update(delta_top1_ci_low=low, delta_top1_ci_high=high,
+                       mcnemar_p=mcnemar_exact_p(self.base_only, self.method_only),
+                       base_only=self.base_only, method_only=self.method_only)
+        else:
+            out.update(delta_top1_ci_low=nan, delta_top1_ci_high=nan, mcnemar_p=nan)
         return out
 
 
@@ -210,8 +219,11 @@ def evaluate(models: Mapping[str, nn.Module], baseline: str, images: ImageList, 
                 c.agree += int((top[:, 0] == ref_top1).sum())
                 c.kl_sum += float((ref_logp.exp() * (ref_logp - logp)).sum(-1).clamp(min=0).sum())
                 if images.labeled:
-                    c.correct1 += int((top[:, 0] == y).sum())
+                    right, base_right = top[:, 0] == y, ref_top1 == y
+                    c.correct1 += int(right.sum())
                     c.correct5 += int((top == y[:, None]).any(-1).sum())
+                    c.base_only += int((base_right & ~right).sum())
+                    c.method_only += int((right & ~base_right).sum())
     if world > 1:
         seen, failed = _all_reduce(counts, seen, failed, device)
     return EvalResult(counts, images.labeled, seen, failed, dict(config))
@@ -231,12 +243,13 @@ def _all_reduce(counts: dict[str, EvalCounts], seen: int, failed: list, device: 
     names = sorted(counts)
     # float64 keeps integer counts exact far beyond any dataset size
     comm_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
-    t = torch.tensor([[counts[n].n, counts[n].correct1, counts[n].correct5, counts[n].agree,
-                       counts[n].kl_sum] for n in names] + [[seen, 0, 0, 0, 0]],
+    width = len(astuple(EvalCounts()))
+    t = torch.tensor([list(astuple(counts[n])) for n in names] + [[seen] + [0] * (width - 1)],
                      dtype=torch.float64, device=comm_device)
     dist.all_reduce(t)
     for n, row in zip(names, t[:-1].tolist(), strict=True):
-        counts[n] = EvalCounts(int(row[0]), int(row[1]), int(row[2]), int(row[3]), row[4])
+        counts[n] = EvalCounts(*(v if f.type == "float" else int(v)
+                                 for v, f in zip(row, fields(EvalCounts), strict=True)))
     gathered: list = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, failed)
     merged = sorted((f for part in gathered for f in part), key=lambda f: f[0])

@@ -8,7 +8,37 @@ from __future__ import annotations
 
 from typing import Any
 
+from .reference import PBC_SAMPLE_DIR, REFERENCE_MODELS
+
+_PBC_MODELS = [n for n, m in REFERENCE_MODELS.items() if m.dataset == "pbc64"]
+_CIFAR_MODELS = [n for n, m in REFERENCE_MODELS.items() if m.dataset == "cifar10"]
+#: every method that runs on the reference models at its documented default
+_ALL_METHODS = ["none", "quartermap", "tome", "random_drop"]
+
 PRESETS: dict[str, dict[str, Any]] = {
+    # what `tokenred compare` runs with no arguments: ImageNet-size speed rows (random weights,
+    # synthetic input) and real-accuracy rows (the PBC reference models on the bundled sample)
+    "default": {
+        "doc": "random-init DeiT-S and VMamba-T at 224 px (speed, FLOPs) and the PBC reference "
+               "models with their bundled weights on the bundled 800-image PBC test sample "
+               "(real accuracy), CPU",
+        "backbones": ["deit_small_patch16_224", "vmamba_tiny_s1l8", *_PBC_MODELS],
+        "methods": ["none", "quartermap", "tome:r=13", "random_drop"],
+        "pretrained": _PBC_MODELS, "data": {name: PBC_SAMPLE_DIR for name in _PBC_MODELS},
+        "published": {},
+    },
+    "pbc64": {
+        "doc": "every PBC reference model x every method at its default, bundled weights; --data "
+               "the extracted PBC test split (default: the bundled 800-image test sample)",
+        "backbones": _PBC_MODELS, "methods": _ALL_METHODS, "pretrained": True,
+        "data": PBC_SAMPLE_DIR, "published": {},
+    },
+    "cifar10": {
+        "doc": "every CIFAR-10 reference model x every method at its default, bundled weights; "
+               "--data the extracted CIFAR-10 test split (required)",
+        "backbones": _CIFAR_MODELS, "methods": _ALL_METHODS, "pretrained": True,
+        "needs_data": True, "published": {},
+    },
     "quartermap-paper": {
         "doc": "QuarterMap vs ToMe and random drop on VMamba-T/S/B (ImageNet-1k val, batch 128, "
                "fp32, GPU; VMamba's throughput protocol: 50 warm-up + 30 timed)",

@@ -24,7 +24,8 @@ TABLE_COLUMNS = [
 #: shown when the run evaluated on data (top-1 columns only for labeled data)
 EVAL_COLUMNS = [
     ("top1", "top-1 %", "{:.2f}"),
-    ("delta_top1", "Δtop-1", "{:+.2f}"),
+    ("delta_top1", "Δtop-1 [95% CI]", "{:+.2f}"),
+    ("mcnemar_p", "p (McNemar)", "{:.3g}"),
     ("top5", "top-5 %", "{:.2f}"),
     ("agreement", "agreement %", "{:.2f}"),
     ("kl", "KL(none‖m)", "{:.4f}"),
@@ -50,6 +51,10 @@ def atomic_write_text(path: str, text: str) -> None:
 def write_json(path: str, payload: dict) -> None:
     """``payload`` as indented JSON at ``path``, atomically (for benchmark scripts' --json)."""
     atomic_write_text(path, json.dumps(payload, indent=1, default=str))
+
+
+def _present(value: Any) -> bool:
+    return not (value is None or value == "" or (isinstance(value, float) and math.isnan(value)))
 
 
 def _cell(value: Any, fmt: str) -> str:
@@ -87,6 +92,10 @@ def _cells(group: pd.DataFrame, row: pd.Series, columns: list) -> list[tuple[str
         if key == "latency_median_ms":
             text = (_cell(row["latency_median_ms"], "{:.1f}") + " ("
                     + _cell(row["latency_iqr_ms"], "{:.1f}") + ")")
+        elif key == "delta_top1" and _present(row.get("delta_top1_ci_low")):
+            # the paired-bootstrap interval: a small drop on few images is shown as what it is
+            text = (_cell(row[key], fmt) + " [" + _cell(row["delta_top1_ci_low"], "{:+.2f}")
+                    + ", " + _cell(row["delta_top1_ci_high"], "{:+.2f}") + "]")
         else:
             text = _cell(row[key], fmt)
         best = _best(group, key)
@@ -106,6 +115,11 @@ def _notes(df: pd.DataFrame) -> list[str]:
         first = df[df["eval_images"].notna()].iloc[0]
         notes.append(f"Evaluated on {int(first['eval_images'])} images "
                      f"({int(first['eval_failed'])} could not be decoded and were skipped).")
+        if "delta_top1_ci_low" in df and df["delta_top1_ci_low"].notna().any():
+            notes.append("Δtop-1 is in points against `none` on the same images, with its 95% "
+                         "paired-bootstrap interval; p is McNemar's exact test on the images "
+                         "only one of the two models gets right (p ≥ 0.05: no evidence of a "
+                         "difference).")
     failed = df.attrs.get("failed_images", [])
     if failed:
         listed = "; ".join(f"{p} ({why})" for p, why in failed[:20])
@@ -235,6 +249,15 @@ def write_plots(df: pd.DataFrame, out_dir: str) -> list[str]:
             names = [m + (f":{p}" if p else "") for m, p in zip(group["method"], group["params"],
                                                                  strict=True)]
             ax.scatter(xs, ys)
+            if metric == "top1" and "delta_top1_ci_low" in group:
+                # Δtop-1's paired interval, placed around each method's top-1
+                base = [y - d for y, d in zip(ys, group["delta_top1"].fillna(0.0), strict=True)]
+                low = [max(0.0, y - (b + lo)) for y, b, lo in
+                       zip(ys, base, group["delta_top1_ci_low"].fillna(0.0), strict=True)]
+                high = [max(0.0, (b + hi) - y) for y, b, hi in
+                        zip(ys, base, group["delta_top1_ci_high"].fillna(0.0), strict=True)]
+                ax.errorbar(xs, ys, yerr=[low, high], fmt="none", ecolor="gray", capsize=3,
+                            label="95% CI of Δtop-1")
             for x, y, name in zip(xs, ys, names, strict=True):
                 ax.annotate(name, (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
             front = pareto_front(xs, ys, larger)

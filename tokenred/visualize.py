@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .apply import apply
-from .backbone import create_backbone
+from .backbone import create_backbone, default_input_size
 from .evaluate import eval_transform
 from .params import parse_method_spec
 from .reducer import Reducer
@@ -251,13 +251,17 @@ def _visualize_grid(backbone: str, method: str, image_path: str, out_path: str, 
 
 
 def visualize(backbone: str, method: str, image_path: str, out_path: str,
-              input_size: int = 224, checkpoint: Optional[str] = None,
+              input_size: Optional[int] = None, checkpoint: Optional[str] = None,
               pretrained: bool = False) -> TokenGroups:
+    """Draw ``method`` on ``backbone`` for one image; ``input_size`` None: the backbone's own
+    (224 for the ImageNet models, 64 for the reference models)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if input_size is None:
+        input_size = default_input_size(backbone)
     model = create_backbone(backbone, pretrained=pretrained, checkpoint=checkpoint)
     if {s.kind for s in adapter_for(model).sites()} == {"grid"}:
         return _visualize_grid(backbone, method, image_path, out_path, input_size, model)
