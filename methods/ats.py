@@ -28,6 +28,7 @@ import torch
 
 from tokenred import Reducer, register_method
 from tokenred.merging import with_prefix
+from tokenred.match import Rate
 from tokenred.params import Int
 from tokenred.sites import SequenceContext, SequenceTokens, Site, SiteQuantityError, take_tokens
 
@@ -50,7 +51,8 @@ def sample_positions(score: torch.Tensor, valid: torch.Tensor, samples: int) -> 
     steps = torch.arange(samples, dtype=cdf.dtype, device=cdf.device) / max(samples - 1, 1)
     ys = y0 + steps * (1 - y0)                                          # [B, K]
     nearest = (cdf[:, None, :] - ys[:, :, None]).abs().argmin(dim=-1)   # [B, K], first on ties
-    chosen = torch.zeros_like(sorted_valid).scatter_(1, nearest, True) & sorted_valid
+    chosen = torch.zeros_like(sorted_valid).scatter(
+        1, nearest, torch.ones_like(nearest, dtype=torch.bool)) & sorted_valid
     return order, chosen
 
 
@@ -66,6 +68,7 @@ class ATS(Reducer):
                              "official n_ref - 1); fewer samples keep fewer tokens",
                        min=2, optional=True),
     }
+    rate = Rate("samples", 2, 1024, integer=True)
     default_where_doc = ("every block from ceil(depth/4) on (the official DeiT-S config: blocks "
                          "3..11 of 12)")
 

@@ -22,6 +22,7 @@ from typing import Sequence
 import torch
 
 from tokenred import Reducer, register_method
+from tokenred.match import Rate
 from tokenred.params import Float, Int
 from tokenred.sites import (SequenceContext, SequenceTokens, Site, cumulative_keep_count,
                             scaled_sequence_sites)
@@ -54,6 +55,7 @@ class DPCKNN(Reducer):
                            "int(patches * keep^(j+1)) tokens", min=0.0, max=1.0, min_open=True),
         "k": Int(5, "neighbours in the density estimate (the official default 5)", min=1),
     }
+    rate = Rate("keep", 0.05, 1.0, share=True)
     default_where_doc = ("blocks 3, 6, 9 of 12 (TokenReduction's reduction_loc 4/7/10) scaled to "
                          "the depth: floor(l * depth / 12)")
 

@@ -28,6 +28,7 @@ from typing import Sequence
 import torch
 
 from tokenred import Reducer, register_method
+from tokenred.match import Rate
 from tokenred.params import Bool, Float
 from tokenred.sites import (SequenceContext, SequenceTokens, Site, SiteQuantityError,
                             scaled_sequence_sites)
@@ -35,7 +36,9 @@ from tokenred.sites import (SequenceContext, SequenceTokens, Site, SiteQuantityE
 def attentive_split(score: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept [B, keep] in descending score order, pruned [B, n - keep] in ascending index)."""
     kept = score.topk(keep, dim=1, largest=True, sorted=True).indices
-    is_pruned = torch.ones_like(score, dtype=torch.bool).scatter_(1, kept, False)
+    # (a tensor source, not a Python bool: the FLOP counter's jit trace needs it)
+    is_pruned = torch.ones_like(score, dtype=torch.bool).scatter(
+        1, kept, torch.zeros_like(kept, dtype=torch.bool))
     pruned = is_pruned.nonzero()[:, 1].view(score.shape[0], -1)   # row-major: ascending
     return kept, pruned
 
@@ -56,6 +59,7 @@ class EViT(Reducer):
         "fuse": Bool(True, "fuse the inattentive tokens into one token (EViT); false drops them "
                            "(Top-K)"),
     }
+    rate = Rate("keep", 0.01, 1.0, share=True)
     default_where_doc = ("EViT's drop_loc 3, 6, 9 of 12 blocks scaled to the depth: "
                          "floor(l * depth / 12)")
 

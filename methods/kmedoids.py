@@ -27,6 +27,7 @@ import torch
 
 from tokenred import Reducer, register_method
 from tokenred.merging import with_prefix
+from tokenred.match import Rate
 from tokenred.params import Float, Int, Param, ParameterError
 from tokenred.sites import (SequenceContext, SequenceTokens, Site, scaled_sequence_sites,
                             cumulative_keep_count, take_tokens)
@@ -94,6 +95,7 @@ class KMedoids(Reducer):
                                _first_centers),
         "seed": Int(0, "seed of the first-centre draws, re-seeded at every forward", min=0),
     }
+    rate = Rate("keep", 0.05, 1.0, share=True)
     default_where_doc = ("blocks 3, 6, 9 of 12 (TokenReduction's reduction_loc 4/7/10) scaled to "
                          "the depth: floor(l * depth / 12)")
 

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from tokenred import Reducer, register_method
 from tokenred.merging import cosine_matrix, merge_weighted, with_prefix
+from tokenred.match import Rate
 from tokenred.params import Bool, Float
 from tokenred.sites import SequenceContext, SequenceTokens
 
@@ -78,6 +79,7 @@ class PiToMe(Reducer):
                                  "patch does not)"),
         "trace_source": Bool(False, "track which original tokens each token holds"),
     }
+    rate = Rate("ratio", 0.5, 0.999, share=True)
     default_where_doc = "every block (as the official patch)"
 
     def check_params(self) -> None:

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import torch
 
 from tokenred import Reducer, register_method
+from tokenred.match import Rate
 from tokenred.params import Choice, Float, Int, ParameterError
 from tokenred.sites import (GridContext, ReducedGrid, SequenceContext, SequenceTokens, Site,
                             default_grid_sites, take_tokens)
@@ -63,6 +64,7 @@ class RandomDrop(Reducer):
         "fill": Choice("copy", "[grid] what a dropped position gets after the scan: copy (the "
                                "closest kept position before it, row-major) or zero", ("copy", "zero")),
     }
+    rate = Rate("keep", 0.01, 1.0, share=True)
     default_where_doc = ("sequence: blocks depth//4, depth//2 and 3·depth//4 (3, 6, 9 of 12: the "
                          "EViT / DynamicViT reduction locations); grid: "
                          "tokenred.sites.DEFAULT_GRID_WHERE (stage 0, the 56x56 maps at 224)")

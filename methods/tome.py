@@ -28,6 +28,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from tokenred import Reducer, register_method
+from tokenred.match import Rate
 from tokenred.params import Bool, Float, Int, Param, ParameterError
 from tokenred.sites import (GridContext, ReducedGrid, SequenceContext, SequenceTokens, Site,
                             default_grid_sites, take_tokens)
@@ -256,6 +257,7 @@ class ToMe(Reducer):
                                  "false: the cell's top-left position"),
         "seed": Int(0, "[grid] seed of the destination draw, re-seeded at every forward", min=0),
     }
+    rate = Rate("r", 0, 128, integer=True, fewer="high")
     default_where_doc = ("sequence: every block (as in the official ToMe); grid: "
                          "tokenred.sites.DEFAULT_GRID_WHERE (stage 0, the 56x56 maps at 224)")
 

@@ -92,7 +92,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                               iters=args.iters, rounds=args.rounds, threads=args.threads,
                               pretrained=args.pretrained, seed=args.seed, data=data,
                               limit=args.limit, num_workers=args.num_workers,
-                              transform_overrides=overrides, store=store, progress=progress)
+                              transform_overrides=overrides, store=store, progress=progress,
+                              match=_match_targets(args))
     except BaseException:
         if lead and created and len(store) == 0:  # a run that measured nothing leaves no directory
             store.close()
@@ -109,6 +110,20 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     print(f"wrote {', '.join(v for k, v in paths.items() if k != 'plots')}"
           + (f" and {len(paths['plots'])} plot files" if paths.get("plots") else ""))
     return 0
+
+
+def _match_targets(args: argparse.Namespace) -> Optional[list]:
+    """--match KIND=VALUE (one target) or --sweep KIND=V1,V2,... (one row per method per value)."""
+    if args.match and args.sweep:
+        raise ValueError("give --match or --sweep, not both")
+    if args.match:
+        return [args.match]
+    if args.sweep:
+        kind, eq, values = args.sweep.partition("=")
+        if not eq or not values.strip():
+            raise ValueError(f"--sweep {args.sweep!r}: write KIND=V1,V2,... (e.g. gflops=3.0,2.3)")
+        return [f"{kind.strip()}={v.strip()}" for v in values.split(",") if v.strip()]
+    return None
 
 
 def _init_distributed(device: str) -> tuple[str, int]:
@@ -237,6 +252,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the backbones' eval center-crop fraction (e.g. 0.875 = 256->224)")
     p.add_argument("--interpolation", default=None, help="override the eval resize interpolation "
                                                          "(bicubic, bilinear, ...)")
+    p.add_argument("--match", metavar="KIND=VALUE",
+                   help="compare every method at a matched budget: gflops=3.0 (exact search on "
+                        "the FLOP count), speedup=1.5 (measured, within 3%%) or keep=0.7 (methods "
+                        "whose rate is a keep share); the table shows each solved value")
+    p.add_argument("--sweep", metavar="KIND=V1,V2,...",
+                   help="several matched budgets, one row per method per value (curves in the "
+                        "accuracy-vs-GFLOPs/throughput plots), e.g. gflops=3.5,3.0,2.5,2.0")
     p.add_argument("--out", help="run directory holding the results store and report (default "
                                  "reports/run-<digest of the settings>: the same command resumes)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

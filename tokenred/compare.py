@@ -24,7 +24,7 @@ from .timing import benchmark_interleaved, environment, resolve_device, resolve_
 DEFAULT_BACKBONES = ("deit_small_patch16_224", "vmamba_tiny_s1l8")
 DEFAULT_METHODS = ("none", "quartermap", "tome:r=13", "random_drop")
 
-COLUMNS = ["backbone", "method", "params", "n_params", "gflops", "flop_reduction_pct",
+COLUMNS = ["backbone", "method", "params", "match", "n_params", "gflops", "flop_reduction_pct",
            "images_per_s", "speedup", "latency_median_ms", "latency_iqr_ms", "tokens_out",
            "top1", "top5", "delta_top1", "delta_top1_ci_low", "delta_top1_ci_high", "mcnemar_p",
            "agreement", "kl", "eval_images", "eval_failed",
@@ -98,7 +98,8 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
             data: Optional[Union[str, Mapping[str, str]]] = None, limit: Optional[int] = None,
             num_workers: int = 0,
             transform_overrides: Optional[dict] = None, store: Optional[ResultsStore] = None,
-            progress: Optional[Callable[[str], None]] = None) -> pd.DataFrame:
+            progress: Optional[Callable[[str], None]] = None,
+            match: Union[None, str, Sequence[str], Mapping[str, float]] = None) -> pd.DataFrame:
     """Measure ``methods`` (``"name"`` or ``"name:key=value,..."``) on ``backbones``.
 
     Each method runs on its own copy of the same backbone weights; ``none`` (added first when
@@ -124,6 +125,12 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
     what it already holds (same backbone, method, sizes, dtype, device, weights and protocol) is
     not measured again. A method timed or evaluated in a later run is measured next to a fresh
     run of ``none``, so its speedup and Δtop-1 always come from one pass.
+
+    ``match``: compare at a matched budget instead of each method's default — ``"gflops=3.0"``,
+    ``"speedup=1.5"`` (measured) or ``"keep=0.7"``, a list of such targets (a sweep: one row per
+    method per target) or ``{"gflops": 3.0}``. Every method with a rate parameter is solved for
+    each target on each backbone (``tokenred.match``); the row's ``params`` show the solved value,
+    ``match`` the target, and a method that cannot meet it is listed in ``df.attrs["skipped"]``.
     """
     dev = resolve_device(device)
     on_gpu = dev.type == "cuda"
@@ -161,7 +168,7 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
         weights = json.dumps({"seed": seed, "pretrained": pretrained_of[bname],
                               "checkpoint": checkpoints.get(bname),
                               "kwargs": backbone_kwargs or {}}, sort_keys=True, default=str)
-        if kind == "timing":
+        if kind in ("timing", "match"):   # a speed match depends on the timing protocol too
             return weights + json.dumps({"warmup": warmup, "iters": iters, "rounds": rounds,
                                          "threads": threads})
         if kind == "eval":
@@ -179,6 +186,24 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
         return ("flops", "timing") + (("eval",) if images_of[bname] is not None else ())
 
     base_spec = next(s for s in specs if s.is_baseline)
+    targets = _match_targets(match)
+    plan = {b: specs for b in backbone_names}
+    labels: dict[tuple[str, str], str] = {}
+    match_gaps: list[dict] = []
+    if targets:
+        def build(bname: str) -> torch.nn.Module:
+            return _build_backbone(bname, size_of[bname], pretrained_of[bname], seed,
+                                   checkpoints.get(bname), dict(backbone_kwargs or {}))
+
+        def time_pair(bname: str, base: torch.nn.Module, model: torch.nn.Module) -> float:
+            res = benchmark_interleaved({"none": base, "x": model}, size_of[bname], batch_size,
+                                        dev, dtype, amp, warmup, iters, 2, threads)
+            return res["x"].images_per_s / res["none"].images_per_s
+
+        for bname in backbone_names:
+            plan[bname], gaps = _solve_matches(bname, specs, targets, store, key, build,
+                                               size_of[bname], time_pair, labels, report)
+            match_gaps.extend(gaps)
     # under torch.distributed: rank 0 counts, times (one device per configuration) and writes
     # the store; every rank evaluates its shard of the images
     rank, world = distributed_rank_world()
@@ -186,8 +211,9 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
     for bname in backbone_names:
         _barrier(world)  # every rank reads the same stored state before deciding what to measure
         input_size, images = size_of[bname], images_of[bname]
+        specs_here = plan[bname]
         todo = {spec.text: [k for k in kinds_of(bname) if store.get(key(bname, spec, k)) is None]
-                for spec in specs if store.get(key(bname, spec, "unsupported")) is None}
+                for spec in specs_here if store.get(key(bname, spec, "unsupported")) is None}
         if not any(todo.values()):
             report(f"{bname}: all stored, skipped")
             continue
@@ -196,7 +222,7 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
                                dict(backbone_kwargs or {}))
         n_params = count_params(base)
         models, handles = {}, {}
-        for spec in specs:
+        for spec in specs_here:
             # the baseline also runs when others need it (speedup/Δtop-1 from the same pass)
             if spec.text not in todo or (not todo[spec.text] and not spec.is_baseline):
                 continue
@@ -220,9 +246,10 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
                 store.put(key(bname, spec, "flops"), {
                     "n_params": n_params, "gflops": count.gflops,
                     "tokens_out": getattr(handles[spec.text].state, "tokens_out", None),
-                    "uncounted": count.uncounted, "env": run_env})
+                    "uncounted": count.uncounted, "env": run_env,
+                    "match": labels.get((bname, spec.text))})
         del base
-        by_text = {s.text: s for s in specs}
+        by_text = {s.text: s for s in specs_here}
         timed = [t for t in models if "timing" in todo[t]] if lead else []
         if timed:
             group = {t: models[t] for t in models if t in timed or t == base_spec.text}
@@ -255,10 +282,10 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
         del models
 
     _barrier(world)  # rank 0's last writes are visible to every rank
-    rows, skipped, failed_images = [], [], []
+    rows, skipped, failed_images = [], list(match_gaps), []
     for bname in backbone_names:
         base_flops = store.get(key(bname, base_spec, "flops"))
-        for spec in specs:
+        for spec in plan[bname]:
             gap = store.get(key(bname, spec, "unsupported"))
             if gap is not None:
                 skipped.append({"backbone": bname, "method": spec.text, "reason": gap["reason"]})
@@ -285,7 +312,7 @@ def make_row(backbone: str, method_text: str, batch_size: int, input_size: int,
     row = {"backbone": backbone, "method": name.strip(), "params": params.strip(),
            "n_params": flops.get("n_params"), "gflops": g,
            "flop_reduction_pct": 100.0 * (1 - g / g0) if g is not None and g0 else None,
-           "batch_size": batch_size, "input_size": input_size,
+           "match": flops.get("match"), "batch_size": batch_size, "input_size": input_size,
            "dtype": env.get("dtype", "") + ("+amp" if env.get("amp") else ""),
            "tokens_out": flops.get("tokens_out")}
     for k in ("images_per_s", "speedup", "latency_median_ms", "latency_iqr_ms"):
@@ -296,6 +323,65 @@ def make_row(backbone: str, method_text: str, batch_size: int, input_size: int,
               "mcnemar_p", "agreement", "kl", "eval_images", "eval_failed"):
         row[k] = ev.get(k)
     return row
+
+
+def _match_targets(match: Any) -> list[tuple[str, float]]:
+    from .match import parse_target
+
+    if match is None:
+        return []
+    if isinstance(match, Mapping):
+        items = [f"{k}={v}" for k, v in match.items()]
+    else:
+        items = as_list(match) if isinstance(match, str) else list(match)
+    targets = [parse_target(t) for t in items]
+    if len(set(targets)) != len(targets):
+        raise ParameterError(f"a match target is listed twice: {items}")
+    return targets
+
+
+def _solve_matches(bname: str, specs: list, targets: list, store: ResultsStore, key: Callable,
+                   build: Callable, input_size: int, time_pair: Callable, labels: dict,
+                   report: Callable) -> tuple[list, list]:
+    """The specs to measure on ``bname``: the baseline, then every method solved for every target
+    (solutions are stored, so a resumed run does not search again); and the gaps."""
+    from .match import rate_of, solve
+    from .params import format_method_spec
+
+    base_spec = next(s for s in specs if s.is_baseline)
+    out, gaps, base = [base_spec], [], None
+    for kind, value in targets:
+        target = f"{kind}={value:g}"
+        for spec in specs:
+            if spec.is_baseline:
+                continue
+            probe = MethodSpec(f"{spec.text} @ {target}", spec.name, spec.params)
+            stored = store.get(key(bname, probe, "match"))
+            if stored is None:
+                if base is None:
+                    report(f"{bname}: build (matching)")
+                    base = build(bname)
+                report(f"{bname} {spec.text}: solve {target}")
+                try:
+                    solved = solve(base, spec.name, dict(spec.params), rate_of(get_method(spec.name)),
+                                   (kind, value), input_size,
+                                   lambda m, b=base: time_pair(bname, b, m))
+                    stored = {"params": solved.params, "achieved": solved.achieved,
+                              "reason": solved.reason}
+                except (UnsupportedSiteKindError, SiteQuantityError, ParameterError) as exc:
+                    stored = {"params": None, "achieved": None, "reason": str(exc)}
+                store.put(key(bname, probe, "match"), stored)
+            if stored["params"] is None:
+                gaps.append({"backbone": bname, "method": f"{spec.text} @ {target}",
+                             "reason": stored["reason"]})
+                continue
+            solved_spec = MethodSpec.parse(format_method_spec(spec.name, stored["params"]))
+            if all(s.text != solved_spec.text for s in out):
+                out.append(solved_spec)
+            # one measured point can meet several targets of a sweep: it says so, once
+            previous = labels.get((bname, solved_spec.text))
+            labels[(bname, solved_spec.text)] = target if previous is None else f"{previous}, {target}"
+    return out, gaps
 
 
 def _per_backbone(value: Any, names: list[str], default: Any) -> dict:

@@ -16,7 +16,8 @@ Built on fvcore's jit-trace counter, with the gaps it has filled in:
   output element; here it is a copy, like an unmerge gather) and unmerging — its time shows in
   the throughput columns, not here. Arithmetic counts: a similarity matmul (ToMe) is a matmul, and
   average pooling (QuarterMap ``mode="avg"``) counts one per input element, as fvcore counts
-  adaptive average pooling. Everything after the reduction (scan, projections) is traced on the
+  adaptive average pooling, pairwise distances (``cdist``: K-Medoids, DPC-KNN) count P·R·C like
+  the matmul that computes them. Everything after the reduction (scan, projections) is traced on the
   tokens that remain, so the total reflects the reduction.
 * Further handles can be added with ``register_flop_handle(op_name, fn)`` (fvcore handle signature).
 
@@ -51,7 +52,8 @@ uniform_ normal_ bernoulli_ eye linspace arange new_zeros new_ones new_full new_
 unflatten movedim contiguous clone detach alias expand view reshape permute transpose
 split split_with_sizes chunk constant_pad_nd unbind slice select narrow cat stack squeeze unsqueeze flatten t
 to type_as copy_ float int long bool ScalarImplicit Int Float item numel size sym_size real imag
-upsample_nearest1d upsample_nearest2d upsample_nearest3d cummax
+upsample_nearest1d upsample_nearest2d upsample_nearest3d cummax nonzero logical_not bitwise_not
+__and__ __or__ logical_and logical_or
 """.split()
 
 
@@ -73,6 +75,16 @@ def pooling_macs(inputs: list, outputs: list) -> int:
     for d in _shape(inputs[0]):
         numel *= d
     return numel
+
+
+def cdist_macs(inputs: list, outputs: list) -> int:
+    """Pairwise distances of [.., P, C] and [.., R, C]: P·R·C MACs per batch element (the
+    matmul form torch uses; the squared norms are elementwise)."""
+    a, b = _shape(inputs[0]), _shape(inputs[1])
+    batch = 1
+    for d in a[:-2]:
+        batch *= d
+    return batch * a[-2] * b[-2] * a[-1]
 
 
 def sdpa_macs(inputs: list, outputs: list) -> int:
@@ -147,7 +159,7 @@ def _count_flops(model: nn.Module, input_size: Union[int, Sequence[int]]) -> Flo
         analysis.tracer_warnings("none")
         analysis.set_op_handle(**{f"aten::{name}": None for name in _ZERO_OPS})
         analysis.set_op_handle(**{"aten::scaled_dot_product_attention": sdpa_macs,
-                                  "aten::avg_pool2d": pooling_macs})
+                                  "aten::avg_pool2d": pooling_macs, "aten::cdist": cdist_macs})
         analysis.set_op_handle(**_EXTRA_HANDLES)
         # fvcore logs each skipped op at WARNING through its own logger; we report them instead
         logger = logging.getLogger("fvcore.nn.jit_analysis")

@@ -31,6 +31,9 @@ class Reducer:
     #: the site quantities the reducer reads (``SequenceContext``: metric, cls_attention, values,
     #: received_attention); a backbone that cannot give one refuses the installation up front
     requires: ClassVar[frozenset] = frozenset()
+    #: the parameter a matched-budget comparison solves for (``tokenred.match.Rate``); None: the
+    #: method has no rate to tune (it is compared at its own setting only)
+    rate: ClassVar[Any] = None
     #: a sentence on the default ``where`` for ``tokenred list`` and the README
     default_where_doc: ClassVar[str] = "every site of a supported kind"
 

@@ -14,6 +14,7 @@ import pandas as pd
 TABLE_COLUMNS = [
     ("method", "method", "{}"),
     ("params", "params", "{}"),
+    ("match", "matched to", "{}"),
     ("gflops", "GFLOPs", "{:.3f}"),
     ("flop_reduction_pct", "ΔFLOPs %", "{:.1f}"),
     ("images_per_s", "img/s", "{:.1f}"),
@@ -71,8 +72,9 @@ FORMATS = ("md", "csv", "tex", "html")
 
 
 def _columns(group: pd.DataFrame) -> list:
-    return TABLE_COLUMNS + [c for c in EVAL_COLUMNS
-                            if c[0] in group and group[c[0]].notna().any()]
+    shown = [c for c in TABLE_COLUMNS
+             if c[0] != "match" or ("match" in group and group["match"].notna().any())]
+    return shown + [c for c in EVAL_COLUMNS if c[0] in group and group[c[0]].notna().any()]
 
 
 def _best(group: pd.DataFrame, key: str):
@@ -260,6 +262,12 @@ def write_plots(df: pd.DataFrame, out_dir: str) -> list[str]:
                             label="95% CI of Δtop-1")
             for x, y, name in zip(xs, ys, names, strict=True):
                 ax.annotate(name, (x, y), fontsize=8, xytext=(3, 3), textcoords="offset points")
+            # a sweep: the points of one method joined into its curve, as papers draw them
+            for method in dict.fromkeys(group["method"]):
+                pts = sorted((x, y) for x, y, m in zip(xs, ys, group["method"], strict=True)
+                             if m == method and x == x and y == y)
+                if len(pts) > 1:
+                    ax.plot(*zip(*pts), "-", alpha=0.5, linewidth=1)
             front = pareto_front(xs, ys, larger)
             ax.plot([xs[i] for i in front], [ys[i] for i in front], "--", label="Pareto front")
             ax.set_xlabel(xlabel)
@@ -308,6 +316,8 @@ def table_from_store(store) -> pd.DataFrame:
     order: list[tuple] = []
     skipped, failed = [], []
     for key, payload in store.items():
+        if key.kind == "match":       # a matched-budget solution, not a measurement row
+            continue
         group = (key.backbone, key.method, key.input_size, key.batch_size, key.dtype, key.device)
         if group not in latest:
             latest[group] = {}

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Optional
 
 STORE_NAME = "results.sqlite"
-KINDS = ("flops", "timing", "eval", "unsupported")
+KINDS = ("flops", "timing", "eval", "unsupported", "match")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS measurements (
