@@ -81,7 +81,7 @@ class ReferenceModel:
 
 _VIT = dict(img_size=64, patch_size=8, embed_dim=192, num_heads=3, depth=6)
 _VMAMBA = dict(dims=48, depths=[2, 2, 4, 2])
-_MEDMAMBA = dict(dims=[48, 96, 192, 384], depths=[1, 1, 2, 1])
+_MEDMAMBA = dict(dims=[32, 64, 128, 256], depths=[1, 1, 2, 1])
 
 REFERENCE_MODELS: dict[str, ReferenceModel] = {m.name: m for m in [
     ReferenceModel("deit_tiny_pbc64", "deit_tiny_patch16_224", "pbc64", dict(_VIT),
@@ -94,7 +94,7 @@ REFERENCE_MODELS: dict[str, ReferenceModel] = {m.name: m for m in [
     ReferenceModel("vmamba_tiny_cifar10", "vmamba_tiny_s1l8", "cifar10", dict(_VMAMBA),
                    note="VMamba-T[s1l8] v2 blocks, half width, depths 2-2-4-2, CIFAR-10 at 64 px"),
     ReferenceModel("medmamba_tiny_pbc64", "medmamba_tiny", "pbc64", dict(_MEDMAMBA),
-                   note="MedMamba-T blocks (SS-Conv-SSM, d_state 16), half width, depths 1-1-2-1"),
+                   note="MedMamba-T blocks (SS-Conv-SSM, d_state 16), a third of the width, depths 1-1-2-1"),
 ]}
 
 

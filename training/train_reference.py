@@ -12,8 +12,11 @@ evaluation see the same pixels; augmentation runs on batches of uint8 tensors.
 Recipe (all of it in the card): AdamW (timm's optimizer factory, no weight decay on norms/biases),
 cosine schedule with linear warm-up (timm's scheduler, per step), label smoothing, random crop with
 reflect padding and horizontal flip (PBC: also vertical flips and 90-degree rotations — blood
-cells have no orientation), seeded. ``--time-budget`` stops early (and says so in the card) when
-the epochs would run past it; the schedule itself is fixed by ``--epochs``.
+cells have no orientation), seeded. ``--time-budget``: when the epochs measured so far say the
+run would pass it, the remaining schedule is shortened (the cosine is re-laid over the epochs
+that fit, so the learning rate still anneals) and the card records it. ``--init FILE`` starts
+from earlier weights (a second, low-learning-rate stage); the card then keeps the first stage's
+recipe and history under ``init``.
 """
 from __future__ import annotations
 
@@ -122,6 +125,7 @@ def main(argv=None) -> int:
     p.add_argument("--cache", default=os.path.join(ROOT, ".cache", "arrays"))
     p.add_argument("--out", default=reference.WEIGHTS_DIR)
     p.add_argument("--stats", action="store_true", help="print the training split's mean/std")
+    p.add_argument("--init", default=None, help="start from these weights (safetensors)")
     args = p.parse_args(argv)
 
     from timm.optim import create_optimizer_v2
@@ -133,6 +137,15 @@ def main(argv=None) -> int:
     spec = reference.REFERENCE_MODELS[args.model]
     kwargs = {"drop_path_rate": args.drop_path}
     model = reference.build(spec, **kwargs)
+    init_card = None
+    if args.init:
+        from tokenred.checkpoint import load_checkpoint
+
+        load_checkpoint(model, args.init)
+        cards_file = os.path.join(args.out, "cards.json")
+        if os.path.isfile(cards_file):
+            with open(cards_file) as fh:
+                init_card = json.load(fh).get(spec.name)
     px, classes, mean, std = spec.input_px, spec.data.classes, spec.data.mean, spec.data.std
     t0 = time.time()
     xtr, ytr = decode_split(os.path.join(args.data, "train"), model, px, classes, args.cache)
@@ -157,12 +170,15 @@ def main(argv=None) -> int:
     pad = args.pad if args.pad is not None else px // 8
     rotate = spec.dataset == "pbc64"
     history, step, stopped_early = [], 0, False
+    epochs, step_offset = args.epochs, 0     # the schedule's length and where it started
     start = time.time()
     for epoch in range(args.epochs):
+        if epoch >= epochs:
+            break
         model.train()
         order = torch.randperm(len(xtr), generator=gen)
         running, seen = 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"{spec.name} epoch {epoch + 1}/{args.epochs}",
+        bar = tqdm(range(steps_per_epoch), desc=f"{spec.name} epoch {epoch + 1}/{epochs}",
                    mininterval=30, file=sys.stdout)
         for i in bar:
             idx = order[i * args.batch_size:(i + 1) * args.batch_size]
@@ -172,7 +188,7 @@ def main(argv=None) -> int:
             loss.backward()
             opt.step()
             step += 1
-            sched.step_update(step)
+            sched.step_update(step - step_offset)
             running += loss.item() * len(idx)
             seen += len(idx)
             bar.set_postfix(loss=f"{running / seen:.3f}", lr=f"{opt.param_groups[0]['lr']:.2e}",
@@ -184,21 +200,30 @@ def main(argv=None) -> int:
                         "val_top1": val_acc, "elapsed_s": round(elapsed)})
         print(json.dumps(history[-1]), flush=True)
         per_epoch = elapsed / (epoch + 1)
-        if args.time_budget and epoch + 1 < args.epochs and elapsed + per_epoch > args.time_budget:
-            stopped_early = True
-            print(f"stopping after epoch {epoch + 1}: the next would pass the time budget "
-                  f"({args.time_budget:.0f} s)", flush=True)
-            break
+        fit = epoch + 1 + int(max(0.0, args.time_budget - elapsed) // per_epoch) \
+            if args.time_budget else epochs
+        if fit < epochs:
+            # re-lay the cosine over the epochs that fit, from the current step on
+            stopped_early, epochs = True, max(fit, epoch + 2)
+            sched = CosineLRScheduler(opt, t_initial=steps_per_epoch * (epochs - epoch - 1),
+                                      warmup_t=0, lr_min=args.lr / 100, t_in_epochs=False)
+            sched.base_values = [g["lr"] for g in opt.param_groups]
+            step_offset = step
+            print(f"time budget {args.time_budget:.0f} s: {epochs} epochs fit; the schedule "
+                  f"anneals over the rest", flush=True)
+
     train_s = time.time() - start
     pred = predict(model, xte, mean, std)
     top1 = float((pred == yte).float().mean()) * 100
     print(f"{spec.name}: test top-1 {top1:.2f}% on {len(xte)} images after {train_s / 60:.1f} min",
           flush=True)
-    save(model, spec, args, top1, pred, len(xte), history, train_s, stopped_early, kwargs)
+    save(model, spec, args, top1, pred, len(xte), history, train_s, stopped_early, kwargs,
+         init_card)
     return 0
 
 
-def save(model, spec, args, top1, pred, n_test, history, train_s, stopped_early, kwargs) -> None:
+def save(model, spec, args, top1, pred, n_test, history, train_s, stopped_early, kwargs,
+         init_card=None) -> None:
     from safetensors.torch import save_file
 
     os.makedirs(args.out, exist_ok=True)
@@ -224,8 +249,13 @@ def save(model, spec, args, top1, pred, n_test, history, train_s, stopped_early,
         "test_top1_fp32_weights": round(top1, 2),
         "recorded_predictions": pred16[:RECORDED].tolist(),
         "recipe": {k: v for k, v in vars(args).items() if k not in ("out", "cache", "data")},
-        "build_kwargs": kwargs, "epochs_run": len(history), "stopped_early": stopped_early,
+        "build_kwargs": kwargs, "epochs_run": len(history), "schedule_shortened": stopped_early,
         "history": history, "train_minutes": round(train_s / 60, 1),
+        "total_train_minutes": round(train_s / 60 + (init_card or {}).get("total_train_minutes",
+                                     (init_card or {}).get("train_minutes", 0.0)), 1),
+        "init": None if init_card is None else {
+            k: init_card.get(k) for k in ("recipe", "history", "epochs_run", "train_minutes",
+                                          "test_top1", "machine", "init")},
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
                    f"{args.threads} thread(s); torch {torch.__version__}",
         "weights_bytes": os.path.getsize(path),
