@@ -123,3 +123,22 @@ def test_tome_grid_panel_matches_an_independent_matching(photo):
     expected = ids.view(56, 56).long().numpy()
     pairs = set(zip(drawn.groups.ravel().tolist(), expected.ravel().tolist(), strict=True))
     assert len(pairs) == len(np.unique(expected)) == len(np.unique(drawn.groups)) == 784
+
+
+@pytest.mark.parametrize("method,fused", [("evit", True), ("topk", False), ("kmedoids", True),
+                                          ("dpc_knn", True), ("pitome", True), ("ats", False)])
+def test_catalogue_methods_draw_their_kept_fused_and_merged_tokens(photo, tmp_path, method, fused):
+    """Every catalogue method is drawn from the sources its sites record: kept patches alone,
+    fused (EViT) / clustered (K-Medoids, DPC-KNN) / merged (PiToMe) patches as one group, pruned
+    patches (Top-K, ATS) grey."""
+    groups = token_groups("deit_tiny_patch16_224", method, str(photo), input_size=64)
+    ids = groups.groups[groups.groups >= 0]
+    assert len(np.unique(ids)) <= groups.num_tokens < 64
+    if fused:
+        assert (groups.groups >= 0).all()            # every patch is in some token
+    else:
+        assert (groups.groups < 0).any()             # pruned patches: drawn grey
+    out = tmp_path / f"{method}.png"
+    assert main(["visualize", "--backbone", "deit_tiny_patch16_224", "--method", method,
+                 "--image", str(photo), "--input-size", "64", "--out", str(out)]) == 0
+    assert out.stat().st_size > 1000

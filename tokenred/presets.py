@@ -73,6 +73,33 @@ PRESETS: dict[str, dict[str, Any]] = {
                                        "note": "ToMe-trained checkpoint, not timm's"},
         },
     },
+    "vit-methods-deit-s": {
+        "doc": "the training-free catalogue on timm's DeiT-S at the operating points their papers "
+               "and READMEs report (ImageNet-1k val, batch 256, fp32, GPU); EViT/Top-K/K-Medoids/"
+               "DPC-KNN at keep 0.7 at blocks 3/6/9, ATS from block 3, PiToMe 0.9, ToMe r=13",
+        "backbones": ["deit_small_patch16_224"],
+        "methods": ["none", "evit:keep=0.7", "topk:keep=0.7", "ats", "pitome:ratio=0.9",
+                    "kmedoids:keep=0.7", "dpc_knn:keep=0.7", "tome:r=13"],
+        "batch_size": 256, "dtype": "float32", "device": "cuda", "pretrained": True,
+        "published": {
+            "none": {"top1": 79.8, "gflops": 4.6, "source": "DeiT paper"},
+            # youweiliang/evit README, Model Zoo: models *fine-tuned* with the reduction
+            "evit:keep=0.7": {"top1": 79.5, "gflops": 3.0, "note": "fine-tuned EViT model, "
+                                                                    "not off the shelf"},
+            "topk:keep=0.7": {"top1": 79.4, "gflops": 3.0, "note": "fine-tuned (EViT README, "
+                                                                    "without fusion)"},
+            # ATS: paper Table 1 via the ATS repo's issues #1/#2; a user's off-the-shelf rerun
+            "ats": {"gflops": 2.9, "top1_off_the_shelf_by_a_user": 79.13,
+                    "gflops_measured_by_that_user": 3.4, "note": "training-free"},
+            "pitome:ratio=0.9": {"note": "DeiT-S table values not public in the stored sources; "
+                                         "the official DeiT evaluation runs ratios 0.9-0.975"},
+            "kmedoids:keep=0.7": {"note": "published only after 30-epoch fine-tuning (Haurum et "
+                                          "al. 2023): no off-the-shelf number"},
+            "dpc_knn:keep=0.7": {"note": "as K-Medoids: fine-tuned only"},
+            "tome:r=13": {"top1": 79.36, "speedup": 1.67, "note": "ToMe-trained DeiT-S; "
+                                                                  "off-the-shelf loses more"},
+        },
+    },
 }
 
 
