@@ -23,6 +23,7 @@ import torch
 
 from tokenred import Reducer, register_method
 from tokenred.match import Rate
+from tokenred.merging import clustered
 from tokenred.params import Float, Int
 from tokenred.sites import (SequenceContext, SequenceTokens, Site, cumulative_keep_count,
                             scaled_sequence_sites)
@@ -74,14 +75,4 @@ class DPCKNN(Reducer):
         into = assignment[..., None]
         count = x.new_zeros(batch, clusters, 1).scatter_add(1, into, x.new_ones(batch, n, 1))
         merged = x.new_zeros(batch, clusters, c).scatter_add(1, into.expand(-1, -1, c), x)
-        merged = merged / (count + 1e-6)
-        size = tokens.size if tokens.size is not None else tokens.x.new_ones(batch, P + n, 1)
-        cluster_size = size.new_zeros(batch, clusters, 1).scatter_add(1, into, size[:, P:])
-        source = None
-        if tokens.source is not None:
-            src = tokens.source
-            members = src.new_zeros(batch, clusters, src.shape[-1]).scatter_reduce(
-                1, into.expand(-1, -1, src.shape[-1]), src[:, P:], reduce="amax")
-            source = torch.cat([src[:, :P], members], dim=1)
-        return SequenceTokens(torch.cat([tokens.x[:, :P], merged], dim=1),
-                              torch.cat([size[:, :P], cluster_size], dim=1), source)
+        return clustered(tokens, P, merged / (count + 1e-6), assignment)

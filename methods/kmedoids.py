@@ -26,7 +26,7 @@ from typing import Any, Optional, Sequence
 import torch
 
 from tokenred import Reducer, register_method
-from tokenred.merging import with_prefix
+from tokenred.merging import clustered
 from tokenred.match import Rate
 from tokenred.params import Float, Int, Param, ParameterError
 from tokenred.sites import (SequenceContext, SequenceTokens, Site, scaled_sequence_sites,
@@ -146,25 +146,7 @@ class KMedoids(Reducer):
         for _ in range(self.params["iters"]):
             centres = update_medoids(dist, assign(dist, centres), centres, w)
         assignment = assign(dist, centres)
-        return keep_medoids(tokens, P, centres, assignment)
-
-
-def keep_medoids(tokens: SequenceTokens, P: int, centres: torch.Tensor,
-                 assignment: torch.Tensor) -> SequenceTokens:
-    """[prefix, the medoids] with each cluster's total size and united sources."""
-    keep = with_prefix(P, centres)
-    x = take_tokens(tokens.x, keep)
-    size = tokens.size if tokens.size is not None else tokens.x.new_ones(*tokens.x.shape[:2], 1)
-    into = assignment[..., None]
-    cluster_size = size[:, :P].new_zeros(size.shape[0], centres.shape[1], 1).scatter_add(
-        1, into, size[:, P:])
-    source = None
-    if tokens.source is not None:
-        src = tokens.source
-        members = src.new_zeros(src.shape[0], centres.shape[1], src.shape[-1]).scatter_reduce(
-            1, into.expand(-1, -1, src.shape[-1]), src[:, P:], reduce="amax")
-        source = torch.cat([src[:, :P], members], dim=1)
-    return SequenceTokens(x, torch.cat([size[:, :P], cluster_size], dim=1), source)
+        return clustered(tokens, P, take_tokens(x, centres), assignment)
 
 
 @register_method("kmedoids_weighted")

@@ -39,6 +39,27 @@ def merge_weighted(tokens: SequenceTokens, keep: torch.Tensor, merged: torch.Ten
     return SequenceTokens(out / out_size, out_size, source)
 
 
+def clustered(tokens: SequenceTokens, prefix: int, x_clusters: torch.Tensor,
+              assignment: torch.Tensor) -> SequenceTokens:
+    """[prefix, one token per cluster]: ``x_clusters`` [B, K, C] (however the method forms them:
+    medoids, means), each cluster's total size and the union of its members' sources.
+    ``assignment`` [B, N]: the cluster of every non-prefix token."""
+    x, size = tokens.x, tokens.size
+    if size is None:
+        size = x.new_ones(x.shape[0], x.shape[1], 1)
+    batch, clusters = x_clusters.shape[:2]
+    into = assignment[..., None]
+    cluster_size = size.new_zeros(batch, clusters, 1).scatter_add(1, into, size[:, prefix:])
+    source = None
+    if tokens.source is not None:
+        src = tokens.source
+        members = src.new_zeros(batch, clusters, src.shape[-1]).scatter_reduce(
+            1, into.expand(-1, -1, src.shape[-1]), src[:, prefix:], reduce="amax")
+        source = torch.cat([src[:, :prefix], members], dim=1)
+    return SequenceTokens(torch.cat([x[:, :prefix], x_clusters], dim=1),
+                          torch.cat([size[:, :prefix], cluster_size], dim=1), source)
+
+
 def cosine_matrix(metric: torch.Tensor) -> torch.Tensor:
     """[B, T, c] -> [B, T, T] cosine similarities (self-similarity 1)."""
     m = metric / metric.norm(dim=-1, keepdim=True)
