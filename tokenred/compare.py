@@ -182,6 +182,7 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
                    variant_of(bname, kind))
 
     run_env = environment(dev, resolve_dtype(dtype), amp)   # stored with every measurement
+
     def kinds_of(bname: str) -> tuple[str, ...]:
         return ("flops", "timing") + (("eval",) if images_of[bname] is not None else ())
 

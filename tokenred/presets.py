@@ -12,8 +12,9 @@ from .reference import PBC_SAMPLE_DIR, REFERENCE_MODELS
 
 _PBC_MODELS = [n for n, m in REFERENCE_MODELS.items() if m.dataset == "pbc64"]
 _CIFAR_MODELS = [n for n, m in REFERENCE_MODELS.items() if m.dataset == "cifar10"]
-#: every method that runs on the reference models at its documented default
-_ALL_METHODS = ["none", "quartermap", "tome", "random_drop"]
+#: every method at its default (sequence-only ones are "not run" gaps on the grid models)
+_ALL_METHODS = ["none", "quartermap", "tome", "random_drop", "evit", "topk", "ats", "pitome",
+                "kmedoids", "kmedoids_weighted", "dpc_knn"]
 
 PRESETS: dict[str, dict[str, Any]] = {
     # what `tokenred compare` runs with no arguments: ImageNet-size speed rows (random weights,
