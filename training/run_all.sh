@@ -37,13 +37,5 @@ second_stages() {
     --init $W/vmamba_tiny_cifar10.safetensors > $L/vmamba_tiny_cifar10.stage2.log 2>&1 &
   wait
 }
-third_stages() {   # one more low-learning-rate epoch each, the second stages having ended short
-  $PY $T --model deit_tiny_cifar10 --data $DATA/cifar10 --epochs 1 --lr 3e-4 --warmup-epochs 0 \
-    --init $W/deit_tiny_cifar10.safetensors > $L/deit_tiny_cifar10.stage3.log 2>&1 &
-  $PY $T --model vmamba_tiny_cifar10 --data $DATA/cifar10 --epochs 1 --lr 2e-4 --warmup-epochs 0 \
-    --init $W/vmamba_tiny_cifar10.safetensors > $L/vmamba_tiny_cifar10.stage3.log 2>&1 &
-  wait
-}
 first_stages_a & first_stages_b & first_stages_c & wait
 second_stages
-third_stages
