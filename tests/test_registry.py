@@ -19,8 +19,10 @@ def clean_registry(monkeypatch):
 
 
 def test_builtins_listed():
-    assert {"none", "tome", "random_drop"} <= set(tokenred.list_methods())
-    assert tokenred.list_methods("t*") == ["tome"]
+    assert {"none", "tome", "random_drop", "evit", "topk", "ats", "pitome", "kmedoids",
+            "kmedoids_weighted", "dpc_knn", "quartermap"} <= set(tokenred.list_methods())
+    assert tokenred.list_methods("t*") == ["tome", "topk"]
+    assert tokenred.list_methods("kmedoids*") == ["kmedoids", "kmedoids_weighted"]
 
 
 def test_register_and_duplicate(clean_registry):
