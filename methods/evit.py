@@ -31,7 +31,7 @@ from tokenred import Reducer, register_method
 from tokenred.match import Rate
 from tokenred.params import Bool, Float
 from tokenred.sites import (SequenceContext, SequenceTokens, Site, SiteQuantityError,
-                            scaled_sequence_sites)
+                            scaled_sequence_sites, take_tokens)
 
 def attentive_split(score: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(kept [B, keep] in descending score order, pruned [B, n - keep] in ascending index)."""
@@ -41,10 +41,6 @@ def attentive_split(score: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch
         1, kept, torch.zeros_like(kept, dtype=torch.bool))
     pruned = is_pruned.nonzero()[:, 1].view(score.shape[0], -1)   # row-major: ascending
     return kept, pruned
-
-
-def _take(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    return t.gather(1, idx[..., None].expand(-1, -1, t.shape[-1]))
 
 
 @register_method("evit")
@@ -83,15 +79,16 @@ class EViT(Reducer):
         score = ctx.cls_attention.mean(dim=1)[:, P:]          # [B, n], head mean
         kept, pruned = attentive_split(score, keep)
         size = tokens.size if tokens.size is not None else x.new_ones(x.shape[0], x.shape[1], 1)
-        parts_x, parts_size = [x[:, :P], _take(x[:, P:], kept)], [size[:, :P], _take(size[:, P:], kept)]
+        parts_x = [x[:, :P], take_tokens(x[:, P:], kept)]
+        parts_size = [size[:, :P], take_tokens(size[:, P:], kept)]
         source = tokens.source
-        parts_source = [source[:, :P], _take(source[:, P:], kept)] if source is not None else None
+        parts_source = [source[:, :P], take_tokens(source[:, P:], kept)] if source is not None else None
         if self.fuse:
             weight = score.gather(1, pruned)[..., None]                        # [B, n-k, 1]
-            parts_x.append((weight * _take(x[:, P:], pruned)).sum(dim=1, keepdim=True))
-            parts_size.append(_take(size[:, P:], pruned).sum(dim=1, keepdim=True))
+            parts_x.append((weight * take_tokens(x[:, P:], pruned)).sum(dim=1, keepdim=True))
+            parts_size.append(take_tokens(size[:, P:], pruned).sum(dim=1, keepdim=True))
             if source is not None:
-                parts_source.append(_take(source[:, P:], pruned).sum(dim=1, keepdim=True))
+                parts_source.append(take_tokens(source[:, P:], pruned).sum(dim=1, keepdim=True))
         return SequenceTokens(torch.cat(parts_x, dim=1), torch.cat(parts_size, dim=1),
                               None if source is None else torch.cat(parts_source, dim=1))
 

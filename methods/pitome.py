@@ -40,13 +40,17 @@ def energy_scores(sim: torch.Tensor, margin: float) -> torch.Tensor:
     return F.elu(sim - margin).mean(dim=-1)
 
 
+def pair_similarity(sim: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The rows ``a`` and columns ``b`` of the cosine matrix: [B, |A|, |B|]."""
+    return sim.gather(1, a[..., None].expand(-1, -1, sim.shape[-1])).gather(
+        2, b[:, None, :].expand(-1, a.shape[1], -1))
+
+
 def bsm_plan(sim: torch.Tensor, order: torch.Tensor, r: int):
     """Bipartite matching over the energy ranking. Returns (keep, merged, into) as indices into
     the non-prefix tokens (keep in output order; ``into`` indexes ``keep``)."""
     a, b = order[:, 0::2], order[:, 1::2]
-    ab = sim.gather(1, a[..., None].expand(-1, -1, sim.shape[-1])).gather(
-        2, b[:, None, :].expand(-1, a.shape[1], -1))                      # [B, |A|, |B|]
-    best, partner = ab.max(dim=-1)
+    best, partner = pair_similarity(sim, a, b).max(dim=-1)
     edge = best.argsort(dim=-1, descending=True)
     unmerged, merged = edge[:, r:], edge[:, :r]
     keep = torch.cat([a.gather(1, unmerged), b], dim=1)
@@ -58,9 +62,7 @@ def protected_plan(sim: torch.Tensor, order: torch.Tensor, r: int):
     """Only the 2r highest-energy tokens merge: every A (even rank < 2r) into its most similar B
     (odd rank < 2r); ranks >= 2r are protected."""
     a, b, protected = order[:, 0:2 * r:2], order[:, 1:2 * r:2], order[:, 2 * r:]
-    ab = sim.gather(1, a[..., None].expand(-1, -1, sim.shape[-1])).gather(
-        2, b[:, None, :].expand(-1, a.shape[1], -1))
-    partner = ab.argmax(dim=-1)
+    partner = pair_similarity(sim, a, b).argmax(dim=-1)
     keep = torch.cat([protected, b], dim=1)
     return keep, a, partner + protected.shape[1]
 
