@@ -15,9 +15,13 @@ def recipe_text(card: dict) -> str:
             f"{r['batch_size']}, cosine, ls {r['label_smoothing']:g}, seed {r['seed']}")
     if card.get("schedule_shortened"):
         text += " (budget-shortened)"
+    stages = []
     init = card.get("init")
-    if init:
-        text = (f"{init['epochs_run']} ep at lr {init['recipe']['lr']:g}, then {text} from them")
+    while init:                     # earlier stages, latest first
+        stages.insert(0, f"{init['epochs_run']} ep at lr {init['recipe']['lr']:g}")
+        init = init.get("init")
+    if stages:
+        text = f"{', then '.join(stages)}, then {text} from them"
     return text
 
 
