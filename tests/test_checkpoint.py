@@ -36,7 +36,11 @@ def test_safetensors_and_timm_filter_resizes_pos_embed(tmp_path):
     src = _source_model(img_size=64)   # 64 patch tokens; the target has 16
     path = tmp_path / "ckpt.safetensors"
     save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
-    model = tokenred.create_backbone("vit_tiny_patch16_224", checkpoint=path, **KW)
+    with pytest.raises(CheckpointError, match=r"resampled to fit the model: pos_embed \[1, 65, 48\] "
+                                              r"-> \[1, 17, 48\]"):
+        tokenred.create_backbone("vit_tiny_patch16_224", checkpoint=path, **KW)
+    model = tokenred.create_backbone("vit_tiny_patch16_224", checkpoint=path, allow_resample=True,
+                                     **KW)
     assert model.pos_embed.shape == (1, 17, 48)
     assert torch.equal(model.blocks[0].attn.qkv.weight, src.blocks[0].attn.qkv.weight)
 

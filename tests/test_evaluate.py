@@ -150,11 +150,12 @@ def test_compare_adds_accuracy_columns(labeled):
     df = tokenred.compare(["vit_tiny_patch16_224"], ["none", "tome:r=4"], input_size=32,
                           batch_size=4, warmup=0, iters=1, rounds=1, backbone_kwargs=TINY,
                           data=str(labeled), limit=4)
-    assert list(df["eval_images"]) == [4, 4] and list(df["eval_failed"]) == [0, 0]
+    # class-balanced: cat/img_00, dog/broken.jpg (sorted first, undecodable), eel/img_00, cat/img_01
+    assert list(df["eval_images"]) == [3, 3] and list(df["eval_failed"]) == [1, 1]
     assert df["agreement"].iloc[0] == 100.0 and df["delta_top1"].iloc[0] == 0.0
     assert df["delta_top1"].iloc[1] == pytest.approx(df["top1"].iloc[1] - df["top1"].iloc[0])
     table = markdown_table(df)
-    assert "top-1 %" in table and "agreement %" in table and "Evaluated on 4 images" in table
+    assert "top-1 %" in table and "agreement %" in table and "Evaluated on 3 images" in table
     full = tokenred.compare(["vit_tiny_patch16_224"], ["none"], input_size=32, batch_size=4,
                             warmup=0, iters=1, rounds=1, backbone_kwargs=TINY, data=str(labeled))
     assert full["eval_failed"].iloc[0] == 1

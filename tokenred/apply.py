@@ -53,6 +53,12 @@ class Handle:
         raise RuntimeError(f"cannot copy a model while tokenred's {self.method!r} is installed; "
                            f"copy it first and apply to the copy, or call handle.remove()")
 
+    def __reduce_ex__(self, protocol: int) -> Any:
+        # pickling (torch.save(model)) meets the handle first (see apply): the same message
+        raise RuntimeError(f"cannot pickle or torch.save a model while tokenred's {self.method!r} "
+                           f"is installed; save model.state_dict() (unchanged by tokenred), or "
+                           f"call handle.remove() first")
+
     def __enter__(self) -> "Handle":
         return self
 
@@ -108,6 +114,11 @@ def apply(model: nn.Module, method: Union[str, Reducer], where: Any = None, **pa
     reducer.prepare(chosen)
     installation = adapter.install(reducer, chosen)
     handle = Handle(model, reducer, chosen, installation)
-    # kept out of _modules/_parameters so the state_dict is untouched
-    object.__setattr__(model, _INSTALLED_ATTR, handle)
+    # kept out of _modules/_parameters so the state_dict is untouched; first in the instance
+    # __dict__, so that copying or pickling the model reaches the handle's clear refusal before
+    # the installed forwards (closures, which would fail with an obscure message)
+    rest = dict(model.__dict__)
+    model.__dict__.clear()
+    model.__dict__[_INSTALLED_ATTR] = handle
+    model.__dict__.update(rest)
     return handle

@@ -7,19 +7,20 @@ from typing import Any, Optional
 
 from torch import nn
 
-from .checkpoint import CheckpointError, load_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, require_finite
 from .registry import RegistryError, get_backbone, list_backbones
 from .sites import adapter_for
 
 
 def create_backbone(name: str, pretrained: bool = False, checkpoint: Optional[str | os.PathLike] = None,
-                    strict: bool = True, **kwargs: Any) -> nn.Module:
+                    strict: bool = True, allow_resample: bool = False, **kwargs: Any) -> nn.Module:
     """Build a registered backbone, or any timm model whose class tokenred has sites for (every
     ``VisionTransformer``: DeiT, ViT, distilled DeiT, register-token ViTs, ...).
 
     ``checkpoint`` loads a local file safely (weights_only / safetensors, the family's key filter)
-    and raises with the exact missing/unexpected keys unless ``strict=False``. The model is
-    returned in eval mode.
+    and raises with the exact missing/unexpected keys unless ``strict=False``; a tensor the
+    family's filter would resample to fit (position or patch embedding) is refused unless
+    ``allow_resample``. Weights holding NaN/Inf are refused. The model is returned in eval mode.
     """
     entry = get_backbone(name)
     if entry is not None:
@@ -42,8 +43,10 @@ def create_backbone(name: str, pretrained: bool = False, checkpoint: Optional[st
                                   f"({type(exc).__name__}: {exc}); download them elsewhere and "
                                   f"pass checkpoint=PATH (CLI: --checkpoint)") from exc
         adapter_for(model)  # refuse models tokenred cannot reduce, before anyone times them
+    if pretrained and checkpoint is None:
+        require_finite(model, f"{name}: pretrained weights")
     if checkpoint is not None:
-        load_checkpoint(model, checkpoint, strict=strict)
+        load_checkpoint(model, checkpoint, strict=strict, allow_resample=allow_resample)
     return model.eval()
 
 

@@ -36,10 +36,17 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     shape_mismatch: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    #: tensors the family's filter resampled to fit the model: (key, checkpoint shape, model shape)
+    resampled: list[tuple[str, tuple, tuple]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not (self.missing or self.unexpected or self.shape_mismatch)
+
+    @property
+    def resampled_text(self) -> str:
+        return (f"{self.path}: resampled to fit the model: "
+                + ", ".join(f"{k} {list(a)} -> {list(b)}" for k, a, b in self.resampled))
 
     def __str__(self) -> str:
         if self.ok:
@@ -51,7 +58,11 @@ class LoadReport:
             lines.append(f"  unexpected in checkpoint ({len(self.unexpected)}): "
                          + ", ".join(self.unexpected))
         for key, want, got in self.shape_mismatch:
-            lines.append(f"  shape mismatch {key}: model {list(want)} vs checkpoint {list(got)}")
+            hint = (" (the classifier head: build the model with the checkpoint's number of "
+                    "classes, e.g. --backbone-args NAME:num_classes=N)"
+                    if key.startswith(("head.", "fc.", "classifier.")) else "")
+            lines.append(f"  shape mismatch {key}: model {list(want)} vs checkpoint "
+                         f"{list(got)}{hint}")
         return "\n".join(lines)
 
 
@@ -62,7 +73,11 @@ def read_state_dict(path: str | os.PathLike, prefer_ema: bool = False) -> dict[s
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
-        obj: Any = load_file(path, device="cpu")
+        try:
+            obj: Any = load_file(path, device="cpu")
+        except Exception as exc:  # empty, truncated or foreign file
+            raise CheckpointError(f"{path}: not a readable safetensors file ({type(exc).__name__}: "
+                                  f"{exc}); re-download or re-export it") from None
     else:
         try:
             with _config_objects_as_dicts():
@@ -119,16 +134,55 @@ def compare_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], path
     return report
 
 
+def non_finite(tensors: Mapping[str, torch.Tensor], limit: int = 5) -> list[str]:
+    """The first ``limit`` floating tensors holding NaN or Inf, as ``name (k of n values)``."""
+    bad = []
+    for name, t in tensors.items():
+        if t.is_floating_point() and t.device.type != "meta":
+            count = int((~torch.isfinite(t)).sum())
+            if count:
+                bad.append(f"{name} ({count} of {t.numel()} values)")
+                if len(bad) == limit:
+                    break
+    return bad
+
+
+def require_finite(model: nn.Module, source: str) -> None:
+    """Refuse weights holding NaN/Inf (a model that cannot mean anything, whose baseline would
+    disagree with itself), naming the first bad tensors."""
+    bad = non_finite(dict(model.state_dict()))
+    if bad:
+        raise CheckpointError(f"{source}: weights hold NaN/Inf values: {', '.join(bad)}; the file "
+                              f"is damaged or came from a diverged training")
+
+
 def load_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = True,
-                    prefer_ema: bool = False) -> LoadReport:
+                    prefer_ema: bool = False, allow_resample: bool = False) -> LoadReport:
     """Load ``path`` into ``model``. With ``strict`` any mismatch raises ``CheckpointError`` naming
-    every missing/unexpected key and shape difference, and the model is left untouched."""
+    every missing/unexpected key and shape difference, and the model is left untouched; so does
+    a tensor the family's filter had to resample to fit (a patch-4 patch embedding into a
+    patch-16 model, a position embedding for another grid) unless ``allow_resample``. Weights
+    holding NaN/Inf are always refused."""
     state = read_state_dict(path, prefer_ema=prefer_ema)
+    raw_shapes = {k: tuple(v.shape) for k, v in state.items()}
     for cls, fn in reversed(_FILTERS):
         if isinstance(model, cls):
             state = fn(state, model)
             break
     report = compare_state_dict(model, state, os.fspath(path))
+    own = model.state_dict()
+    report.resampled = sorted((k, raw_shapes[k], tuple(v.shape)) for k, v in state.items()
+                              if k in raw_shapes and k in own and raw_shapes[k] != tuple(v.shape)
+                              and tuple(own[k].shape) == tuple(v.shape))
+    bad = non_finite(state)
+    if bad:
+        raise CheckpointError(f"{os.fspath(path)}: weights hold NaN/Inf values: {', '.join(bad)}; "
+                              f"the file is damaged or came from a diverged training")
+    if report.resampled and not allow_resample:
+        if strict:
+            raise CheckpointError(report.resampled_text + "; pass allow_resample=True (CLI: "
+                                  "--allow-resample) to accept it, or build the model to match")
+        warnings.warn(report.resampled_text, stacklevel=2)
     if not report.ok:
         if strict:
             raise CheckpointError(str(report))

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from typing import Optional, Sequence
 
@@ -35,16 +34,18 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     import tokenred
     from tokenred.compare import (DEFAULT_BACKBONES, DEFAULT_METHODS, MethodSpec, as_list,
                                   as_method_list)
-    from tokenred.report import markdown_table, write_report
-    from tokenred.store import ResultsStore
-
     from tokenred.presets import get_preset
+    from tokenred.report import markdown_table, write_report
 
-    explicit = args.backbones or args.methods or args.preset
+    explicit = args.backbones is not None or args.methods is not None or args.preset
     preset = get_preset(args.preset or "default") if (args.preset or not explicit) else {}
-    backbones = (as_list(args.backbones) if args.backbones
+    for flag, value in (("--backbones", args.backbones), ("--methods", args.methods)):
+        if value is not None and not as_list(value):
+            raise ValueError(f"{flag} is empty; name at least one (see `tokenred list`), or leave "
+                             f"the flag out for the defaults")
+    backbones = (as_list(args.backbones) if args.backbones is not None
                  else list(preset.get("backbones", DEFAULT_BACKBONES)))
-    methods = (as_method_list(args.methods) if args.methods
+    methods = (as_method_list(args.methods) if args.methods is not None
                else list(preset.get("methods", DEFAULT_METHODS)))
     args.device = args.device or preset.get("device", "cpu")
     args.dtype = args.dtype or preset.get("dtype", "float32")
@@ -55,36 +56,27 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if data is None and preset.get("needs_data"):
         raise ValueError(f"preset {args.preset!r} needs --data DIR (the extracted test split)")
     specs = [MethodSpec.parse(m) for m in methods]  # fail on a bad spec before any work
-    n_methods = len(specs) + (0 if any(s.is_baseline for s in specs) else 1)  # compare adds none
-    rounds = min(args.rounds, args.iters) if args.iters else args.rounds
-    per_backbone = 1 + 2 * n_methods + rounds * n_methods
+    checkpoints = _pairs("--checkpoint", args.checkpoint, "BACKBONE=PATH")
+    backbone_args = _backbone_args(args.backbone_args, backbones)
+    overrides = {k: v for k, v in (("crop_pct", args.crop_pct),
+                                   ("interpolation", args.interpolation),
+                                   ("mean", _numbers("--mean", args.mean)),
+                                   ("std", _numbers("--std", args.std))) if v is not None}
     out_dir = args.out or os.path.join("reports", "run-" + _arguments_digest(args, backbones, specs))
-
-    bar = tqdm(total=len(backbones) * per_backbone, disable=args.no_progress, unit="step",
-               file=sys.stderr, dynamic_ncols=True)
+    device, rank = _init_distributed(args.device)
+    bar = tqdm(total=len(backbones) * _steps_per_backbone(args, specs), unit="step",
+               disable=args.no_progress or rank != 0, file=sys.stderr, dynamic_ncols=True)
+    started = []
 
     def progress(msg: str) -> None:
+        if not started:   # settings passed their checks: say where results go, once
+            started.append(True)
+            bar.write(f"run directory {out_dir} (results store {out_dir}/results.sqlite; "
+                      f"re-running the same command measures only what it lacks)", file=sys.stderr)
+        bar.total = max(bar.total, bar.n + 1)
         bar.set_description(msg[:60])
         bar.update(1)
 
-    checkpoints = {}
-    for item in args.checkpoint:
-        name, eq, path = item.partition("=")
-        if not eq or not name or not path:
-            raise ValueError(f"--checkpoint {item!r}: write BACKBONE=PATH")
-        checkpoints[name.strip()] = path.strip()
-    overrides = {k: v for k, v in (("crop_pct", args.crop_pct),
-                                   ("interpolation", args.interpolation)) if v is not None}
-    device, rank = _init_distributed(args.device)
-    lead = rank == 0
-    if not lead:
-        bar.disable = True
-    created = not os.path.exists(out_dir)
-    store = ResultsStore.in_run_dir(out_dir)
-    if lead:
-        store.log_run({k: v for k, v in vars(args).items() if k != "fn"})
-        print(f"run directory {out_dir} (results store {store.path}; re-running the same command "
-              f"measures only what it lacks)", file=sys.stderr)
     try:
         df = tokenred.compare(backbones, specs, checkpoints=checkpoints, device=device,
                               batch_size=args.batch_size, input_size=args.input_size,
@@ -92,24 +84,74 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                               iters=args.iters, rounds=args.rounds, threads=args.threads,
                               pretrained=args.pretrained, seed=args.seed, data=data,
                               limit=args.limit, num_workers=args.num_workers,
-                              transform_overrides=overrides, store=store, progress=progress,
-                              match=_match_targets(args))
-    except BaseException:
-        if lead and created and len(store) == 0:  # a run that measured nothing leaves no directory
-            store.close()
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
+                              eval_batch_size=args.eval_batch_size, backbone_kwargs=backbone_args,
+                              transform_overrides=overrides, store=out_dir, progress=progress,
+                              match=_match_targets(args), allow_resample=args.allow_resample,
+                              log={k: v for k, v in vars(args).items() if k != "fn"})
+        bar.update(bar.total - bar.n)   # the plan was an estimate: end the bar at 100%
     finally:
         bar.close()
-        store.close()
         _finish_distributed()
-    if not lead:
+    if rank != 0:
         return 0
     print(markdown_table(df))
     paths = write_report(df, out_dir)
     print(f"wrote {', '.join(v for k, v in paths.items() if k != 'plots')}"
           + (f" and {len(paths['plots'])} plot files" if paths.get("plots") else ""))
     return 0
+
+
+def _steps_per_backbone(args: argparse.Namespace, specs: list) -> int:
+    n_methods = len(specs) + (0 if any(s.is_baseline for s in specs) else 1)  # compare adds none
+    rounds = min(args.rounds, args.iters) if args.iters else args.rounds
+    return 1 + 2 * n_methods + rounds * n_methods
+
+
+def _pairs(flag: str, items: Sequence[str], form: str) -> dict[str, str]:
+    out = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip() or not value.strip():
+            raise ValueError(f"{flag} {item!r}: write {form}")
+        if name.strip() in out:
+            raise ValueError(f"{flag}: {name.strip()!r} is given twice")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _backbone_args(items: Sequence[str], backbones: list[str]) -> dict[str, dict]:
+    """``--backbone-args NAME:key=value,...`` (repeatable) -> {NAME: {key: value}}."""
+    from tokenred.params import ParameterError, parse_method_spec
+
+    out: dict[str, dict] = {}
+    for item in items:
+        if ":" not in item:
+            raise ValueError(f"--backbone-args {item!r}: write BACKBONE:key=value,key=value "
+                             f"(e.g. deit_tiny_patch16_224:patch_size=4,num_classes=10)")
+        try:
+            name, kwargs = parse_method_spec(item)
+        except ParameterError as exc:
+            raise ValueError(f"--backbone-args {item!r}: {exc}") from None
+        if name not in backbones:
+            raise ValueError(f"--backbone-args for {name!r}, which is not among the backbones "
+                             f"{backbones}")
+        if not kwargs:
+            raise ValueError(f"--backbone-args {item!r}: give at least one key=value")
+        twice = sorted(set(kwargs) & set(out.get(name, {})))
+        if twice:
+            raise ValueError(f"--backbone-args: {twice} given twice for {name!r}")
+        out.setdefault(name, {}).update(kwargs)   # repeating the flag for one backbone adds up
+    return out
+
+
+def _numbers(flag: str, text: Optional[str]) -> Optional[list]:
+    if text is None:
+        return None
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: give one or three numbers, e.g. "
+                         f"0.4914,0.4822,0.4465") from None
 
 
 def _match_targets(args: argparse.Namespace) -> Optional[list]:
@@ -205,6 +247,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokenred", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also TOKENRED_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list methods (with parameters) and backbones")
@@ -246,12 +290,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate on these images: an ImageFolder tree (one folder per class, "
                         "sorted names = class indices; adds top-1/top-5) or a flat folder of "
                         "unlabeled images (agreement and KL with `none` only)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    p.add_argument("--limit", type=int, default=None,
+                   help="evaluate a fixed class-balanced subset of N images (classes interleaved "
+                        "round-robin; the report says so)")
+    p.add_argument("--eval-batch-size", type=int, default=None,
+                   help="evaluation batch (default 64 on CPU, the timing batch on CUDA): "
+                        "evaluation runs at the model's throughput, not per-batch overhead")
     p.add_argument("--num-workers", type=int, default=0, help="data-loading processes (default 0)")
     p.add_argument("--crop-pct", type=float, default=None,
                    help="override the backbones' eval center-crop fraction (e.g. 0.875 = 256->224)")
-    p.add_argument("--interpolation", default=None, help="override the eval resize interpolation "
-                                                         "(bicubic, bilinear, ...)")
+    p.add_argument("--interpolation", default=None,
+                   help="override the eval resize interpolation (nearest, bilinear, bicubic, box, "
+                        "hamming, lanczos)")
+    p.add_argument("--mean", default=None, metavar="M[,M,M]",
+                   help="override the eval normalisation mean (e.g. CIFAR-10's "
+                        "0.4914,0.4822,0.4465)")
+    p.add_argument("--std", default=None, metavar="S[,S,S]",
+                   help="override the eval normalisation std (e.g. 0.2470,0.2435,0.2616)")
+    p.add_argument("--backbone-args", action="append", default=[],
+                   metavar="BACKBONE:key=value,...",
+                   help="model arguments for one backbone (repeatable), e.g. "
+                        "deit_tiny_patch16_224:patch_size=4,num_classes=10,img_size=32; "
+                        "reports show them")
+    p.add_argument("--allow-resample", action="store_true",
+                   help="accept a checkpoint whose patch or position embedding must be resampled "
+                        "to fit the model (refused otherwise; the report says which)")
     p.add_argument("--match", metavar="KIND=VALUE",
                    help="compare every method at a matched budget: gflops=3.0 (exact search on "
                         "the FLOP count), speedup=1.5 (measured, within 3%%) or keep=0.7 (methods "
@@ -289,7 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    for name in ("batch_size", "warmup", "iters", "rounds", "threads", "input_size", "limit"):
+    for name in ("batch_size", "warmup", "iters", "rounds", "threads", "input_size", "limit",
+                 "eval_batch_size"):
         value = getattr(args, name, None)
         if value is not None and value < (0 if name == "warmup" else 1):
             parser.error(f"--{name.replace('_', '-')} must be >= {0 if name == 'warmup' else 1}, "
@@ -298,10 +362,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from tokenred.registry import RegistryError
     from tokenred.sites import UnsupportedModelError
 
+    from tokenred.store import StoreError
+
+    debug = args.debug or os.environ.get("TOKENRED_DEBUG", "") not in ("", "0")
     try:
         return args.fn(args)
-    except (ValueError, RegistryError, UnsupportedModelError, CheckpointError,
-            FileNotFoundError) as exc:
-        # user errors (bad names, parameters, devices) end with one clear line, not a traceback
-        print(f"tokenred: error: {exc}", file=sys.stderr)
+    except (ValueError, RegistryError, UnsupportedModelError, CheckpointError, StoreError,
+            OSError) as exc:
+        # what a user can cause (bad names, values, files, a full disk) ends in one clear line;
+        # the traceback stays one flag away
+        if debug:
+            raise
+        print(f"tokenred: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("tokenred: interrupted; every measurement taken so far is kept in the run "
+              "directory's store (re-run the same command to resume)", file=sys.stderr)
+        return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror and not isinstance(exc, FileNotFoundError):
+        where = exc.filename or ""
+        text = f"{where}: {exc.strerror}" if where else exc.strerror
+        if exc.errno == 28:
+            text += " (free space and re-run: every committed measurement is kept)"
+        elif exc.errno in (13, 30):
+            text += " (give --out a directory you can write)"
+        elif exc.errno in (17, 20, 21):
+            text += " (give --out a directory path)"
+        return text
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return "; ".join(lines) or type(exc).__name__

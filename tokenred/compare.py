@@ -4,6 +4,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
@@ -11,15 +12,19 @@ import pandas as pd
 import torch
 
 from .apply import UnsupportedSiteKindError, apply
-from .backbone import create_backbone, default_input_size
+from .backbone import create_backbone
 from .checkpoint import load_checkpoint
 from .evaluate import distributed_rank_world, evaluate, require_readable, scan_folder
+from .fingerprint import file_digest
 from .flops import count_flops, count_params
 from .params import ParameterError, parse_method_spec, split_method_list, split_top_level
 from .registry import get_backbone, get_method
 from .sites import SiteQuantityError
 from .store import Key, ResultsStore
-from .timing import benchmark_interleaved, environment, resolve_device, resolve_dtype
+from .timing import (benchmark_interleaved, environment, resolve_device, resolve_dtype,
+                     timing_flags)
+from .validate import (backbone_input_size, check_amp, check_names, check_positive_int,
+                       check_transform_overrides, preflight)
 
 DEFAULT_BACKBONES = ("deit_small_patch16_224", "vmamba_tiny_s1l8")
 DEFAULT_METHODS = ("none", "quartermap", "tome:r=13", "random_drop")
@@ -27,9 +32,9 @@ DEFAULT_METHODS = ("none", "quartermap", "tome:r=13", "random_drop")
 COLUMNS = ["backbone", "method", "params", "match", "n_params", "gflops", "flop_reduction_pct",
            "images_per_s", "speedup", "latency_median_ms", "latency_iqr_ms", "tokens_out",
            "top1", "top5", "delta_top1", "delta_top1_ci_low", "delta_top1_ci_high", "mcnemar_p",
-           "agreement", "kl", "eval_images", "eval_failed",
-           "batch_size", "input_size", "dtype", "device", "device_name", "threads", "torch",
-           "timm", "tokenred", "scan_backend"]
+           "agreement", "kl", "eval_images", "eval_failed", "eval_subset", "timing_flags",
+           "backbone_args", "batch_size", "input_size", "dtype", "device", "device_name",
+           "threads", "torch", "timm", "tokenred", "scan_backend"]
 
 
 @dataclass(frozen=True)
@@ -70,10 +75,13 @@ def as_method_list(value: Union[str, Sequence[Any]]) -> list:
 
 
 def _build_backbone(name: str, input_size: int, pretrained: bool, seed: int,
-                    checkpoint: Optional[str], kwargs: dict) -> torch.nn.Module:
+                    checkpoint: Optional[str], kwargs: dict, allow_resample: bool = False,
+                    notes: Optional[list] = None) -> torch.nn.Module:
     """Build ``name`` with seeded random init; a timm ViT made for another resolution is rebuilt
     for ``input_size`` (timm resamples pretrained position embeddings). A local checkpoint
-    replaces the pretrained download (offline clusters keep their weights on disk)."""
+    replaces the pretrained download (offline clusters keep their weights on disk); a tensor it
+    had to resample is refused unless ``allow_resample`` (then said in ``notes``). Weights
+    holding NaN/Inf are refused."""
     pretrained = pretrained and checkpoint is None
     torch.manual_seed(seed)
     model = create_backbone(name, pretrained=pretrained, **kwargs)
@@ -83,7 +91,9 @@ def _build_backbone(name: str, input_size: int, pretrained: bool, seed: int,
         torch.manual_seed(seed)
         model = create_backbone(name, pretrained=pretrained, img_size=input_size, **kwargs)
     if checkpoint is not None:
-        load_checkpoint(model, checkpoint)
+        report = load_checkpoint(model, checkpoint, allow_resample=allow_resample)
+        if report.resampled and notes is not None:
+            notes.append(report.resampled_text)
     return model
 
 
@@ -96,18 +106,23 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
             seed: int = 0, checkpoints: Optional[dict] = None,
             backbone_kwargs: Optional[dict] = None,
             data: Optional[Union[str, Mapping[str, str]]] = None, limit: Optional[int] = None,
-            num_workers: int = 0,
-            transform_overrides: Optional[dict] = None, store: Optional[ResultsStore] = None,
+            num_workers: int = 0, eval_batch_size: Optional[int] = None,
+            transform_overrides: Optional[dict] = None,
+            store: Union[None, str, ResultsStore] = None,
             progress: Optional[Callable[[str], None]] = None,
-            match: Union[None, str, Sequence[str], Mapping[str, float]] = None) -> pd.DataFrame:
+            match: Union[None, str, Sequence[str], Mapping[str, float]] = None,
+            allow_resample: bool = False, log: Optional[dict] = None) -> pd.DataFrame:
     """Measure ``methods`` (``"name"`` or ``"name:key=value,..."``) on ``backbones``.
 
     Each method runs on its own copy of the same backbone weights; ``none`` (added first when
     missing) is the baseline for FLOP reduction and speedup. Timing is interleaved round-robin
     across the methods of one backbone. Defaults: on CPU batch 8, 3 warm-up + 10 timed forwards;
     on CUDA batch 128, 50 warm-up + 30 timed (VMamba's protocol). ``checkpoints`` maps backbone
-    names to local weight files; timm models are built for ``input_size``. ``progress`` is called
-    with a short message at each step. A method that cannot serve a backbone's site kinds (a
+    names to local weight files (keyed in the store by a digest of their bytes); a tensor that
+    had to be resampled to fit is refused unless ``allow_resample``. ``backbone_kwargs``: model
+    arguments for every backbone (``{"num_classes": 10}``) or per backbone name
+    (``{"deit_tiny_patch16_224": {"patch_size": 4}}``); reports show them. timm models are built
+    for ``input_size``. ``progress`` is called with a short message at each step. A method that cannot serve a backbone's site kinds (a
     sequence-only method on VMamba) is skipped there and listed in ``df.attrs["skipped"]``.
 
     ``input_size``: one size for every backbone, or ``None`` for each backbone's own (its data
@@ -115,16 +130,21 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
     every backbone, or the names of the backbones that load their pretrained (or bundled) weights.
 
     ``data``: a folder of images (ImageFolder tree, or flat and unlabeled) to evaluate every method
-    on with the backbone's own eval transform (``limit``: the first N images), or a mapping from
+    on with the backbone's own eval transform (``limit``: a fixed class-balanced subset of N
+    images; ``eval_batch_size``: default 64 on CPU, the timing batch on CUDA), or a mapping from
     backbone names to folders (backbones not in it are not evaluated): top-1/top-5 (labeled
     data), Δtop-1 against ``none`` with its 95% paired-bootstrap interval and McNemar's exact p,
     agreement with ``none``'s top-1 and mean KL(none ‖ method). Images that fail to decode are
     skipped and listed in ``df.attrs["failed_images"]``.
 
-    ``store``: a ``ResultsStore``; every measurement is written there as soon as it is taken, and
-    what it already holds (same backbone, method, sizes, dtype, device, weights and protocol) is
-    not measured again. A method timed or evaluated in a later run is measured next to a fresh
-    run of ``none``, so its speedup and Δtop-1 always come from one pass.
+    ``store``: a ``ResultsStore`` or a run directory (opened after every setting is checked,
+    locked against other processes while measuring, removed again when the run fails before
+    measuring anything; ``log`` is recorded in it); every measurement is written there as soon
+    as it is taken, and what it already holds (same backbone, method, sizes, dtype, device,
+    weights and data by content, protocol) is not measured again. A method timed or evaluated
+    in a later run is measured next to a fresh run of ``none``, so its speedup and Δtop-1
+    always come from one pass. Every setting is checked before anything is built or measured
+    (``tokenred.validate``).
 
     ``match``: compare at a matched budget instead of each method's default — ``"gflops=3.0"``,
     ``"speedup=1.5"`` (measured) or ``"keep=0.7"``, a list of such targets (a sweep: one row per
@@ -135,46 +155,61 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
     dev = resolve_device(device)
     on_gpu = dev.type == "cuda"
     batch_size = (128 if on_gpu else 8) if batch_size is None else batch_size
+    if eval_batch_size is None:   # evaluation at the model's throughput, not per-batch overhead
+        eval_batch_size = batch_size if on_gpu else 64
     warmup = (50 if on_gpu else 3) if warmup is None else warmup
     iters = (30 if on_gpu else 10) if iters is None else iters
     backbone_names = as_list(backbones)
     specs = [MethodSpec.parse(m) for m in as_method_list(methods)]
-    if not backbone_names or not specs:
-        raise ParameterError("compare needs at least one backbone and one method")
+    check_names("backbones", backbone_names)
+    check_names("methods", [s.text for s in specs])
+    for what, value in (("batch size", batch_size), ("eval batch size", eval_batch_size)):
+        check_positive_int(value, what, "images")
+    check_amp(amp, resolve_dtype(dtype), dev)
     if not any(s.is_baseline for s in specs):
         specs.insert(0, MethodSpec("none", "none", {}))
-    if len({s.text for s in specs}) != len(specs):
-        raise ParameterError(f"a method is listed twice: {[s.text for s in specs]}")
     checkpoints = dict(checkpoints or {})
     unknown = sorted(set(checkpoints) - set(backbone_names))
     if unknown:
         raise ParameterError(f"checkpoint given for {unknown}, which is not among the backbones "
                              f"{backbone_names}")
-
+    transform_overrides = check_transform_overrides(transform_overrides)
+    kwargs_of = _kwargs_per_backbone(backbone_kwargs, backbone_names)
+    pretrained_of = _pretrained_per_backbone(pretrained, backbone_names)
+    size_of = {b: backbone_input_size(b, kwargs_of[b], input_size) for b in backbone_names}
+    for b in backbone_names:
+        preflight(b, kwargs_of[b], size_of[b],
+                  [(s.text, s.params["where"]) for s in specs if "where" in s.params])
+    if num_workers < 0:
+        raise ParameterError(f"num_workers={num_workers}: give 0 or more")
     folders = _per_backbone(data, backbone_names, None)
     scanned = {f: scan_folder(f).head(limit) for f in dict.fromkeys(folders.values()) if f}
     images_of = {b: scanned[f] if f else None for b, f in folders.items()}
-    pretrained_of = _pretrained_per_backbone(pretrained, backbone_names)
-    size_of = {b: input_size if input_size is not None
-               else default_input_size(b, **dict(backbone_kwargs or {})) for b in backbone_names}
-    if num_workers < 0:
-        raise ParameterError(f"num_workers={num_workers}: give 0 or more")
+    weights_of = {b: _weights_identity(b, seed, pretrained_of[b], checkpoints.get(b), kwargs_of[b])
+                  for b in backbone_names}
+    if isinstance(store, (str, os.PathLike)):
+        return _in_run_dir(os.fspath(store), log, lambda opened: compare(
+            backbone_names, specs, device=device, batch_size=batch_size, input_size=input_size,
+            dtype=dtype, amp=amp, warmup=warmup, iters=iters, rounds=rounds, threads=threads,
+            pretrained=pretrained, seed=seed, checkpoints=checkpoints,
+            backbone_kwargs=backbone_kwargs, data=data, limit=limit, num_workers=num_workers,
+            eval_batch_size=eval_batch_size, transform_overrides=transform_overrides,
+            store=opened, progress=progress, match=match, allow_resample=allow_resample))
     report = progress or (lambda msg: None)
     store = store if store is not None else ResultsStore(":memory:")
     dtype_text = str(resolve_dtype(dtype)).replace("torch.", "") + ("+amp" if amp else "")
     device_text = str(dev)
 
     def variant_of(bname: str, kind: str) -> str:
-        weights = json.dumps({"seed": seed, "pretrained": pretrained_of[bname],
-                              "checkpoint": checkpoints.get(bname),
-                              "kwargs": backbone_kwargs or {}}, sort_keys=True, default=str)
+        # what decides the value, by content: weights by digest, data by its file list
+        weights = weights_of[bname]
         if kind in ("timing", "match"):   # a speed match depends on the timing protocol too
             return weights + json.dumps({"warmup": warmup, "iters": iters, "rounds": rounds,
                                          "threads": threads})
         if kind == "eval":
-            return weights + json.dumps({"data": os.path.abspath(images_of[bname].root),
-                                         "limit": limit,
-                                         "transform": transform_overrides or {}}, sort_keys=True)
+            images = images_of[bname]
+            return weights + json.dumps({"data": images.digest, "subset": images.subset,
+                                         "transform": transform_overrides}, sort_keys=True)
         return weights if kind == "flops" else ""
 
     def key(bname: str, spec: MethodSpec, kind: str) -> Key:
@@ -194,7 +229,7 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
     if targets:
         def build(bname: str) -> torch.nn.Module:
             return _build_backbone(bname, size_of[bname], pretrained_of[bname], seed,
-                                   checkpoints.get(bname), dict(backbone_kwargs or {}))
+                                   checkpoints.get(bname), kwargs_of[bname], allow_resample)
 
         def time_pair(bname: str, base: torch.nn.Module, model: torch.nn.Module) -> float:
             res = benchmark_interleaved({"none": base, "x": model}, size_of[bname], batch_size,
@@ -219,8 +254,9 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
             report(f"{bname}: all stored, skipped")
             continue
         report(f"{bname}: build")
+        build_notes: list[str] = []
         base = _build_backbone(bname, input_size, pretrained_of[bname], seed, checkpoints.get(bname),
-                               dict(backbone_kwargs or {}))
+                               kwargs_of[bname], allow_resample, build_notes)
         n_params = count_params(base)
         models, handles = {}, {}
         for spec in specs_here:
@@ -248,7 +284,8 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
                     "n_params": n_params, "gflops": count.gflops,
                     "tokens_out": getattr(handles[spec.text].state, "tokens_out", None),
                     "uncounted": count.uncounted, "env": run_env,
-                    "match": labels.get((bname, spec.text))})
+                    "match": labels.get((bname, spec.text)), "notes": build_notes,
+                    "backbone_args": kwargs_of[bname]})
         del base
         by_text = {s.text: s for s in specs_here}
         timed = [t for t in models if "timing" in todo[t]] if lead else []
@@ -258,18 +295,23 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
                                             iters, rounds, threads,
                                             progress=lambda m, b=bname: report(f"{b} {m}"))
             ips0 = results[base_spec.text].images_per_s
+            base_flags = timing_flags(results[base_spec.text])
             for t in timed:
                 res = results[t]
+                # a speedup is a ratio: it means nothing when either side's timing does not
+                flags = timing_flags(res) + [f"baseline: {f}" for f in base_flags
+                                             if t != base_spec.text]
                 store.put(key(bname, by_text[t], "timing"), {
                     "images_per_s": res.images_per_s, "speedup": res.images_per_s / ips0,
                     "latency_median_ms": res.median_ms, "latency_iqr_ms": res.iqr_ms,
-                    "env": res.env})
+                    "flags": flags, "env": res.env})
         evaluated = [t for t in models if "eval" in todo[t]]
         if evaluated:
             report(f"{bname}: evaluate on {len(images.paths)} images")
             group = {t: models[t] for t in models if t in evaluated or t == base_spec.text}
-            ev = evaluate(group, base_spec.text, images, input_size, batch_size, dev,
-                          resolve_dtype(dtype), amp, num_workers, transform_overrides)
+            ev = evaluate(group, base_spec.text, images, input_size, eval_batch_size, dev,
+                          resolve_dtype(dtype), amp, num_workers, transform_overrides,
+                          progress=_eval_progress(bname, report))
             require_readable(ev, images.root)
             top1_base = ev.counts[base_spec.text].metrics(ev.labeled)["top1"]
             for t in evaluated if lead else ():
@@ -277,13 +319,15 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
                 store.put(key(bname, by_text[t], "eval"), {
                     **m, "delta_top1": m["top1"] - top1_base, "eval_images": ev.n_images,
                     "eval_failed": len(ev.failed), "failed_images": ev.failed,
-                    "labeled": ev.labeled, "data_config": ev.data_config, "env": run_env})
+                    "labeled": ev.labeled, "data_config": ev.data_config, "env": run_env,
+                    "eval_subset": images.subset, "notes": ev.notes,
+                    "eval_batch_size": eval_batch_size})
         for h in handles.values():
             h.remove()
         del models
 
     _barrier(world)  # rank 0's last writes are visible to every rank
-    rows, skipped, failed_images = [], list(match_gaps), []
+    rows, skipped, failed_images, notes = [], list(match_gaps), [], []
     for bname in backbone_names:
         base_flops = store.get(key(bname, base_spec, "flops"))
         for spec in plan[bname]:
@@ -296,10 +340,86 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
                                  base_flops))
             if payloads.get("eval") and not failed_images:
                 failed_images = [tuple(f) for f in payloads["eval"]["failed_images"]]
+            add_notes(notes, bname, payloads)
     df = pd.DataFrame(rows, columns=COLUMNS)
     df.attrs["skipped"] = skipped
     df.attrs["failed_images"] = failed_images
+    df.attrs["notes"] = notes
     return df
+
+
+def add_notes(notes: list[str], backbone: str, payloads: Mapping[str, Optional[dict]]) -> None:
+    """What a report must say about a backbone beyond its numbers (resampled weights, class
+    counts), once each."""
+    for kind in ("flops", "eval"):
+        for text in (payloads.get(kind) or {}).get("notes") or ():
+            line = f"{backbone}: {text}"
+            if line not in notes:
+                notes.append(line)
+
+
+def _eval_progress(bname: str, report: Callable[[str], None]) -> Callable[[int, int], None]:
+    state = {"shown": -1}
+
+    def show(done: int, total: int) -> None:
+        percent = 100 * done // max(total, 1)
+        if percent // 10 != state["shown"] // 10 or done == total:   # every 10%, and the end
+            state["shown"] = percent
+            report(f"{bname}: evaluated {done}/{total} images")
+    return show
+
+
+def _weights_identity(bname: str, seed: int, pretrained: bool, checkpoint: Optional[str],
+                      kwargs: dict) -> str:
+    """The store key of a backbone's weights: a checkpoint (or bundled reference weights) by the
+    digest of its bytes, published downloads by name, random init by seed."""
+    from .reference import get_reference
+
+    reference = get_reference(bname)
+    if checkpoint is not None:
+        if not os.path.isfile(checkpoint):
+            raise FileNotFoundError(f"checkpoint file not found: {checkpoint}")
+        weights = {"checkpoint": file_digest(checkpoint)}
+    elif pretrained and reference is not None and os.path.isfile(reference.weights_file):
+        weights = {"bundled": file_digest(reference.weights_file)}
+    else:
+        weights = {"pretrained": pretrained, "seed": seed}
+    return json.dumps({**weights, "kwargs": kwargs}, sort_keys=True, default=str)
+
+
+def _kwargs_per_backbone(value: Optional[Mapping], names: list[str]) -> dict[str, dict]:
+    """Model arguments: one dict for every backbone, or a dict per backbone name."""
+    value = dict(value or {})
+    if value and all(k in names and isinstance(v, Mapping) for k, v in value.items()):
+        return {b: dict(value.get(b, {})) for b in names}
+    nested = [k for k, v in value.items() if isinstance(v, Mapping)]
+    if nested:
+        raise ParameterError(f"backbone arguments for {nested}, which is not among the backbones "
+                             f"{names}")
+    return {b: dict(value) for b in names}
+
+
+def _in_run_dir(run_dir: str, log: Optional[dict], run: Callable[[ResultsStore], pd.DataFrame]
+                ) -> pd.DataFrame:
+    """Run ``run`` on the store of ``run_dir``, locked while it measures; a run that fails before
+    measuring anything leaves no directory behind."""
+    lead = distributed_rank_world()[0] == 0
+    created = not os.path.exists(run_dir)
+    store = None
+    try:
+        store = ResultsStore.in_run_dir(run_dir, lock=lead)
+        if log is not None and lead:
+            store.log_run(log)
+        return run(store)
+    except BaseException:
+        if lead and created and (store is None or len(store) == 0):
+            if store is not None:
+                store.close()
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        if store is not None:
+            store.close()
 
 
 def make_row(backbone: str, method_text: str, batch_size: int, input_size: int,
@@ -310,7 +430,12 @@ def make_row(backbone: str, method_text: str, batch_size: int, input_size: int,
     name, _, params = method_text.partition(":")
     g = flops.get("gflops")
     g0 = (base_flops or {}).get("gflops")
+    flags = timing.get("flags") or []
+    args = flops.get("backbone_args") or {}
     row = {"backbone": backbone, "method": name.strip(), "params": params.strip(),
+           "timing_flags": "; ".join(flags) if flags else None,
+           "backbone_args": ", ".join(f"{k}={v}" for k, v in args.items()) or None,
+           "eval_subset": ev.get("eval_subset"),
            "n_params": flops.get("n_params"), "gflops": g,
            "flop_reduction_pct": 100.0 * (1 - g / g0) if g is not None and g0 else None,
            "match": flops.get("match"), "batch_size": batch_size, "input_size": input_size,

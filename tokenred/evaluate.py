@@ -9,8 +9,11 @@ Per method: top-1 and top-5 accuracy (labeled data), agreement (share of images 
 equals the unreduced model's) and mean KL(p_unreduced ‖ p_reduced) of the softmax outputs.
 Counts are sums, so shards (several processes) add up exactly.
 
-Images that fail to decode are skipped, counted and named; a run with no readable image is an
-error. Each backbone's own eval transform is used: timm's ``resolve_data_config`` /
+Images that fail to decode, and files or class folders that cannot be read, are skipped, counted
+and named (never silently left out); a run with no readable image is an error. Decoding keeps an
+image's meaning (``tokenred.images``: 16-bit PNGs scaled to 8 bit, EXIF orientation applied).
+A limited evaluation (``limit``) takes a fixed class-balanced subset: the classes interleaved
+round-robin in sorted order, so ``limit=500`` on a 10-class folder is 50 images of each class. Each backbone's own eval transform is used: timm's ``resolve_data_config`` /
 ``create_transform`` on the model's ``pretrained_cfg`` (VMamba and MedMamba declare VMamba's
 protocol there: short side 256 bicubic, center crop 224, ImageNet mean/std).
 """
@@ -18,12 +21,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import astuple, dataclass, field, fields
+from functools import cached_property
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fingerprint import images_digest
+from .images import open_rgb
 from .stats import mcnemar_exact_p, paired_bootstrap_ci
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".gif")
@@ -39,24 +45,50 @@ def _is_image(name: str) -> bool:
 
 @dataclass
 class ImageList:
-    """Image paths with labels (``None`` for an unlabeled folder) and class names."""
+    """Image paths with labels (``None`` for an unlabeled folder) and class names;
+    ``unreadable``: (path, reason) of the files and folders that could not even be listed."""
 
     root: str
     paths: list[str]
     labels: Optional[list[int]]
     classes: list[str] = field(default_factory=list)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    subset: str = "all images"
 
     @property
     def labeled(self) -> bool:
         return self.labels is not None
 
+    @cached_property
+    def digest(self) -> str:
+        """What the images are, by content (file list, sizes, mtimes): the results store's key."""
+        return images_digest(self.root, self.paths, self.labels, self.unreadable)
+
     def head(self, limit: Optional[int]) -> "ImageList":
+        """A fixed subset of ``limit`` images: class-balanced for a labeled folder (classes
+        interleaved round-robin, each in sorted order), the first ``limit`` sorted files of an
+        unlabeled one."""
         if limit is None:
             return self
-        if limit < 1:
-            raise DataError(f"limit={limit}: give a positive number of images")
-        return ImageList(self.root, self.paths[:limit],
-                         None if self.labels is None else self.labels[:limit], self.classes)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise DataError(f"limit={limit!r}: give a positive whole number of images")
+        if limit >= len(self.paths):
+            return self
+        if self.labels is None:
+            order = list(range(limit))
+            subset = f"the first {limit} of {len(self.paths)} images in sorted order"
+        else:
+            by_class: dict[int, list[int]] = {}
+            for i, label in enumerate(self.labels):
+                by_class.setdefault(label, []).append(i)
+            queues = [by_class[c] for c in sorted(by_class)]
+            order = [q[r] for r in range(max(map(len, queues))) for q in queues if r < len(q)]
+            order = sorted(order[:limit])
+            subset = (f"{limit} of {len(self.paths)} images, class-balanced (classes interleaved "
+                      f"round-robin in sorted order)")
+        return ImageList(self.root, [self.paths[i] for i in order],
+                         None if self.labels is None else [self.labels[i] for i in order],
+                         self.classes, self.unreadable, subset)
 
 
 def scan_folder(root: str | os.PathLike) -> ImageList:
@@ -64,25 +96,38 @@ def scan_folder(root: str | os.PathLike) -> ImageList:
     root = os.fspath(root)
     if not os.path.isdir(root):
         raise DataError(f"data folder not found: {root}")
-    entries = sorted(os.listdir(root))
+    try:
+        entries = sorted(os.listdir(root))
+    except OSError as exc:
+        raise DataError(f"cannot read the data folder {root} ({exc.strerror}); check its "
+                        f"permissions") from None
     classes = [e for e in entries if os.path.isdir(os.path.join(root, e)) and not e.startswith(".")]
     flat = [e for e in entries if os.path.isfile(os.path.join(root, e)) and _is_image(e)]
     if classes and flat:
         raise DataError(f"{root} holds both class folders ({classes[:3]}...) and loose images "
                         f"({flat[:3]}...); use one layout: class sub-folders (labeled) or only "
                         f"images (unlabeled)")
+    unreadable: list[tuple[str, str]] = []
+
+    def note(exc: OSError) -> None:   # os.walk drops unreadable folders silently otherwise
+        unreadable.append((exc.filename or "?", f"{type(exc).__name__}: folder cannot be read "
+                                                f"({exc.strerror})"))
+
     if classes:
         paths, labels = [], []
         for index, name in enumerate(classes):
-            for dirpath, dirnames, filenames in os.walk(os.path.join(root, name)):
+            for dirpath, dirnames, filenames in os.walk(os.path.join(root, name), onerror=note):
                 dirnames.sort()
                 for f in sorted(filenames):
                     if _is_image(f):
                         paths.append(os.path.join(dirpath, f))
                         labels.append(index)
-        found = ImageList(root, paths, labels, classes)
+        found = ImageList(root, paths, labels, classes, unreadable)
     else:
         found = ImageList(root, [os.path.join(root, f) for f in flat], None)
+    if not found.paths and unreadable:
+        raise DataError(f"no readable image in {root}: " + "; ".join(
+            f"{p}: {why}" for p, why in unreadable[:3]))
     if not found.paths:
         raise DataError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found in {root}")
     return found
@@ -96,12 +141,9 @@ class _Images(torch.utils.data.Dataset):
         return len(self.images.paths)
 
     def __getitem__(self, i: int):
-        from PIL import Image
-
         label = -1 if self.images.labels is None else self.images.labels[i]
         try:
-            with Image.open(self.images.paths[i]) as img:
-                tensor = self.transform(img.convert("RGB"))
+            tensor = self.transform(open_rgb(self.images.paths[i]))
         except Exception as exc:  # undecodable or truncated file: skipped and reported
             return None, label, i, f"{type(exc).__name__}: {exc}"
         return tensor, label, i, None
@@ -161,8 +203,9 @@ class EvalResult:
     counts: dict[str, EvalCounts]
     labeled: bool
     n_images: int
-    failed: list[tuple[str, str]]          # (path, reason) of images that did not decode
-    data_config: dict
+    failed: list[tuple[str, str]]          # (path, reason): undecodable images, unreadable
+    data_config: dict                      # files and folders
+    notes: list[str] = field(default_factory=list)   # what the report must say (class counts)
 
 
 def batches(images: ImageList, transform: Callable, batch_size: int, num_workers: int,
@@ -178,9 +221,11 @@ def batches(images: ImageList, transform: Callable, batch_size: int, num_workers
 def evaluate(models: Mapping[str, nn.Module], baseline: str, images: ImageList, input_size: int,
              batch_size: int, device: torch.device, dtype: torch.dtype = torch.float32,
              amp: bool = False, num_workers: int = 0,
-             transform_overrides: Optional[dict] = None) -> EvalResult:
+             transform_overrides: Optional[dict] = None,
+             progress: Optional[Callable[[int, int], None]] = None) -> EvalResult:
     """Evaluate every model of one backbone on the same batches; ``baseline`` (the unreduced
-    model) is the reference for agreement and KL.
+    model) is the reference for agreement and KL. ``progress(done, total)`` is called after
+    every batch with the images done so far (this process's shard).
 
     Under ``torch.distributed`` (e.g. ``torchrun``) every process evaluates the images whose
     index ≡ its rank (mod world size) — each image exactly once, no padding duplicates — and the
@@ -194,9 +239,14 @@ def evaluate(models: Mapping[str, nn.Module], baseline: str, images: ImageList, 
     if images.labeled and num_classes and len(images.classes) > num_classes:
         raise DataError(f"{images.root} has {len(images.classes)} classes but the model predicts "
                         f"{num_classes}; labels would be out of range")
+    notes = []
+    if images.labeled and num_classes and len(images.classes) != num_classes:
+        notes.append(f"{images.root} has {len(images.classes)} classes but the model predicts "
+                     f"{num_classes}: class folder i (sorted names) is read as the model's class i")
     counts = {name: EvalCounts() for name in models}
     failed: list[tuple[str, str]] = []
-    seen = 0
+    seen, done = 0, 0
+    total = len(indices) if indices is not None else len(images.paths)
     model_dtype = torch.float32 if amp else dtype
     autocast = torch.autocast(device.type, dtype=dtype) if amp else torch.autocast(device.type, enabled=False)
     for m in models.values():
@@ -204,7 +254,10 @@ def evaluate(models: Mapping[str, nn.Module], baseline: str, images: ImageList, 
     with torch.inference_mode(), autocast:
         for x, y, bad in batches(images, transform, batch_size, num_workers, indices):
             failed.extend((images.paths[i], why) for i, why in bad)
+            done += len(bad) + (0 if x is None else x.shape[0])
             if x is None:
+                if progress is not None:
+                    progress(done, total)
                 continue
             x = x.to(device, model_dtype)
             y = y.to(device)
@@ -224,9 +277,12 @@ def evaluate(models: Mapping[str, nn.Module], baseline: str, images: ImageList, 
                     c.correct5 += int((top == y[:, None]).any(-1).sum())
                     c.base_only += int((base_right & ~right).sum())
                     c.method_only += int((right & ~base_right).sum())
+            if progress is not None:
+                progress(done, total)
     if world > 1:
         seen, failed = _all_reduce(counts, seen, failed, device)
-    return EvalResult(counts, images.labeled, seen, failed, dict(config))
+    failed = sorted(failed + list(images.unreadable), key=lambda f: f[0])
+    return EvalResult(counts, images.labeled, seen, failed, dict(config), notes)
 
 
 def distributed_rank_world() -> tuple[int, int]:

@@ -119,9 +119,21 @@ class FlopCount:
 def resolve_input_shape(input_size: Union[int, Sequence[int]], batch_size: int = 1,
                         in_chans: int = 3) -> tuple[int, int, int, int]:
     """224 -> (B, 3, 224, 224); (H, W); (C, H, W); (B, C, H, W)."""
-    if isinstance(input_size, int) and not isinstance(input_size, bool):
+    def bad() -> ValueError:
+        return ValueError(f"input_size {input_size!r}: give a positive int, (H, W), (C, H, W) or "
+                          f"(B, C, H, W) of positive ints")
+
+    if isinstance(input_size, bool):
+        raise bad()
+    if isinstance(input_size, int):
+        if input_size < 1:
+            raise bad()
         return (batch_size, in_chans, input_size, input_size)
-    size = tuple(int(s) for s in input_size)
+    if isinstance(input_size, str) or not hasattr(input_size, "__iter__"):
+        raise bad()
+    size = tuple(input_size)
+    if not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in size):
+        raise bad()
     if len(size) == 2:
         return (batch_size, in_chans) + size
     if len(size) == 3:

@@ -42,11 +42,18 @@ def atomic_write_text(path: str, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp's 0600 is not a report's
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str, payload: dict) -> None:
@@ -94,6 +101,8 @@ def _cells(group: pd.DataFrame, row: pd.Series, columns: list) -> list[tuple[str
         if key == "latency_median_ms":
             text = (_cell(row["latency_median_ms"], "{:.1f}") + " ("
                     + _cell(row["latency_iqr_ms"], "{:.1f}") + ")")
+        elif key == "speedup" and _present(row.get("timing_flags")):
+            text = _cell(row[key], fmt) + " †"   # see the note: this timing means little
         elif key == "delta_top1" and _present(row.get("delta_top1_ci_low")):
             # the paired-bootstrap interval: a small drop on few images is shown as what it is
             text = (_cell(row[key], fmt) + " [" + _cell(row["delta_top1_ci_low"], "{:+.2f}")
@@ -107,7 +116,9 @@ def _cells(group: pd.DataFrame, row: pd.Series, columns: list) -> list[tuple[str
 
 def _header_line(first: pd.Series) -> str:
     n_params = "–" if pd.isna(first["n_params"]) else f"{first['n_params'] / 1e6:.2f} M params"
-    return (f"{n_params} · batch {first['batch_size']} · {first['input_size']}² · "
+    built = (f"built with {first['backbone_args']} · "
+             if _present(first.get("backbone_args")) else "")
+    return (f"{built}{n_params} · batch {first['batch_size']} · {first['input_size']}² · "
             f"{first['dtype']} · {first['device']}")
 
 
@@ -115,8 +126,11 @@ def _notes(df: pd.DataFrame) -> list[str]:
     notes = []
     if "eval_images" in df and df["eval_images"].notna().any():
         first = df[df["eval_images"].notna()].iloc[0]
-        notes.append(f"Evaluated on {int(first['eval_images'])} images "
-                     f"({int(first['eval_failed'])} could not be decoded and were skipped).")
+        subset = first.get("eval_subset")
+        notes.append(f"Evaluated on {int(first['eval_images'])} images"
+                     + (f" ({subset})" if _present(subset) and subset != "all images" else "")
+                     + f"; {int(first['eval_failed'])} could not be read or decoded and were "
+                       f"skipped.")
         if "delta_top1_ci_low" in df and df["delta_top1_ci_low"].notna().any():
             notes.append("Δtop-1 is in points against `none` on the same images, with its 95% "
                          "paired-bootstrap interval; p is McNemar's exact test on the images "
@@ -125,7 +139,14 @@ def _notes(df: pd.DataFrame) -> list[str]:
     failed = df.attrs.get("failed_images", [])
     if failed:
         listed = "; ".join(f"{p} ({why})" for p, why in failed[:20])
-        notes.append(f"Not decodable: {listed}" + (" ..." if len(failed) > 20 else ""))
+        notes.append(f"Not readable or not decodable: {listed}"
+                     + (" ..." if len(failed) > 20 else ""))
+    if "timing_flags" in df and df["timing_flags"].notna().any():
+        flagged = df[df["timing_flags"].notna()]
+        reasons = sorted({r for text in flagged["timing_flags"] for r in text.split("; ")})
+        notes.append("† Timing that cannot mean much (" + "; ".join(reasons) + "): its speedup "
+                     "is not evidence of anything; time again with more --iters/--warmup.")
+    notes.extend(df.attrs.get("notes", []))
     if "tokens_out" in df and df["tokens_out"].astype(str).str.contains("/").any():
         notes.append("Tokens out, on grid backbones (VMamba, MedMamba): the tokens the 2D scans "
                      "ran on, stage by stage (fewest in any block of the stage); the map itself "
@@ -278,8 +299,13 @@ def write_plots(df: pd.DataFrame, out_dir: str) -> list[str]:
         for ext in ("png", "svg"):
             path = os.path.join(out_dir, f"{backbone}.{ext}")
             tmp = os.path.join(out_dir, f".tmp-{backbone}.{ext}")
-            fig.savefig(tmp, format=ext, dpi=120)
-            os.replace(tmp, path)
+            try:
+                fig.savefig(tmp, format=ext, dpi=120)
+                os.replace(tmp, path)
+            except BaseException:   # a full disk leaves no half-written plot
+                if os.path.exists(tmp):
+                    os.unlink(tmp)
+                raise
             written.append(path)
         plt.close(fig)
     return written
@@ -310,7 +336,7 @@ def write_run(df: pd.DataFrame, out_dir: str) -> dict[str, str]:
 def table_from_store(store) -> pd.DataFrame:
     """The comparison table from a run's results store alone: the latest measurement of each kind
     per backbone, method, input size, batch size, dtype and device."""
-    from .compare import COLUMNS, make_row
+    from .compare import COLUMNS, add_notes, make_row
 
     latest: dict[tuple, dict] = {}
     order: list[tuple] = []
@@ -323,7 +349,7 @@ def table_from_store(store) -> pd.DataFrame:
             latest[group] = {}
             order.append(group)
         latest[group][key.kind] = payload
-    rows = []
+    rows, notes = [], []
     for group in order:
         payloads = latest[group]
         if "unsupported" in payloads:
@@ -332,9 +358,11 @@ def table_from_store(store) -> pd.DataFrame:
             continue
         base = latest.get((group[0], "none") + group[2:], {}).get("flops")
         rows.append(make_row(group[0], group[1], group[3], group[2], payloads, base))
+        add_notes(notes, group[0], payloads)
         if "eval" in payloads and not failed:
             failed = [tuple(f) for f in payloads["eval"].get("failed_images", [])]
     df = pd.DataFrame(rows, columns=COLUMNS)
     df.attrs["skipped"] = skipped
     df.attrs["failed_images"] = failed
+    df.attrs["notes"] = notes
     return df

@@ -191,6 +191,25 @@ def benchmark_interleaved(models: Mapping[str, nn.Module], input_size: Union[int
     return {name: _summarise(r, batch_size, warmup, env) for name, r in rounds_s.items()}
 
 
+#: fewer timed forwards than this cannot give a median worth a ratio
+MIN_TIMED_FORWARDS = 3
+
+
+def timing_flags(result: BenchmarkResult) -> list[str]:
+    """Why a timing cannot mean much (empty when it can): too few timed forwards, no warm-up
+    (the first forwards pay allocation and kernel selection), or a spread larger than the
+    median. Tables mark such rows instead of printing their speedup as a plain number."""
+    flags = []
+    if result.iters < MIN_TIMED_FORWARDS:
+        flags.append(f"only {result.iters} timed forward(s) (use --iters >= {MIN_TIMED_FORWARDS})")
+    if result.warmup == 0:
+        flags.append("no warm-up forwards (use --warmup >= 1)")
+    if result.iqr_ms > result.median_ms:
+        flags.append(f"latency IQR {result.iqr_ms:.1f} ms is larger than its median "
+                     f"{result.median_ms:.1f} ms")
+    return flags
+
+
 def paired_ratio(a: BenchmarkResult, b: BenchmarkResult) -> float:
     """Median over interleaved rounds of a's latency / b's latency: drift between rounds cancels."""
     if len(a.round_medians_ms) != len(b.round_medians_ms) or not a.round_medians_ms:

@@ -44,11 +44,18 @@ class TokenGroups:
 def _model_input(model: Any, image_path: str, input_size: int) -> tuple[torch.Tensor, np.ndarray]:
     """The image through the model's own eval transform ([1, 3, H, W]), and that crop as an
     [H, W, 3] array in [0, 1] for drawing."""
-    from PIL import Image
+    from .evaluate import DataError
+    from .images import open_rgb
 
     transform, config = eval_transform(model, input_size)
-    with Image.open(image_path) as img:
-        x = transform(img.convert("RGB"))[None]
+    if not os.path.isfile(image_path):
+        raise FileNotFoundError(f"image not found: {image_path}")
+    try:
+        picture = open_rgb(image_path)
+    except Exception as exc:   # PIL raises several types for undecodable files
+        raise DataError(f"{image_path}: cannot be decoded as an image ({type(exc).__name__}: "
+                        f"{exc})") from None
+    x = transform(picture)[None]
     mean = torch.tensor(config["mean"])[:, None, None]
     std = torch.tensor(config["std"])[:, None, None]
     return x, (x[0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
@@ -216,9 +223,15 @@ def _save(fig: Any, out_path: str) -> None:
     directory = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(directory, exist_ok=True)
     tmp = os.path.join(directory, ".tmp-" + os.path.basename(out_path))
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    os.replace(tmp, out_path)
+    try:
+        fig.savefig(tmp, format="png", dpi=100)
+        os.replace(tmp, out_path)
+    except BaseException:   # a full disk leaves no half-written picture
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    finally:
+        plt.close(fig)
 
 
 def _visualize_grid(backbone: str, method: str, image_path: str, out_path: str, input_size: int,

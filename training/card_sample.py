@@ -24,7 +24,7 @@ def main() -> int:
     names = [n for n in preset["backbones"] if n in reference.REFERENCE_MODELS]
     df = tokenred.compare(names, preset["methods"], pretrained=True,
                           data={n: reference.PBC_SAMPLE_DIR for n in names},
-                          warmup=0, iters=1, rounds=1)
+                          warmup=0, iters=1, rounds=1, eval_batch_size=64)
     with open(reference.CARDS_FILE + ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         cards = reference.load_cards()
@@ -32,6 +32,8 @@ def main() -> int:
             rows = df[df["backbone"] == name]
             cards[name]["sample_eval"] = {
                 "images": int(rows["eval_images"].iloc[0]),
+                # random_drop draws per batch: its numbers hold for this evaluation batch size
+                "eval_batch_size": 64,
                 "methods": {(m + (":" + p if p else "")): {"top1": round(t, 4), "agreement": round(a, 4)}
                             for m, p, t, a in zip(rows["method"], rows["params"], rows["top1"],
                                                   rows["agreement"], strict=True)}}

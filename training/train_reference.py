@@ -53,7 +53,7 @@ def decode_split(folder: str, model, input_px: int, classes: tuple, cache: str |
         if os.path.isfile(key):
             z = np.load(key)
             return torch.from_numpy(z["x"]), torch.from_numpy(z["y"])
-    from PIL import Image
+    from tokenred.images import open_rgb
 
     images = scan_folder(folder)
     if tuple(images.classes) != tuple(classes):
@@ -62,11 +62,10 @@ def decode_split(folder: str, model, input_px: int, classes: tuple, cache: str |
     geometric = [t for t in transform.transforms if type(t).__name__ in ("Resize", "CenterCrop")]
     xs = np.empty((len(images.paths), input_px, input_px, 3), dtype=np.uint8)
     for i, path in enumerate(images.paths):
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            for t in geometric:
-                img = t(img)
-            xs[i] = np.asarray(img)
+        img = open_rgb(path)        # decoded the way evaluation decodes it
+        for t in geometric:
+            img = t(img)
+        xs[i] = np.asarray(img)
     ys = np.asarray(images.labels, dtype=np.int64)
     if key:
         np.savez(key, x=xs, y=ys)
