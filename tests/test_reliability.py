@@ -478,3 +478,13 @@ def test_readme_code_blocks_are_valid():
                 words = words[words.index("tokenred") + 1:]
                 words = words[:words.index("&&")] if "&&" in words else words
                 parser.parse_args(words)    # exits (fails the test) on an unknown flag
+
+
+def test_compare_help_describes_the_current_default(capsys):
+    from tokenred.presets import PRESETS
+
+    with pytest.raises(SystemExit):
+        main(["compare", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert " / ".join(PRESETS["default"]["methods"]) in text
+    assert " ".join(PRESETS["default"]["doc"].split()) in text

@@ -245,6 +245,15 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_description() -> str:
+    """What a bare ``tokenred compare`` runs, read from the preset itself (never stale)."""
+    from tokenred.presets import PRESETS
+
+    preset = PRESETS["default"]
+    return (f"With no arguments (preset 'default'): {' / '.join(preset['methods'])} on "
+            f"{preset['doc']}.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tokenred", description=__doc__)
     parser.add_argument("--debug", action="store_true",
@@ -255,11 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_list)
 
     p = sub.add_parser("compare", help="measure methods on backbones and write a report",
-                       description="With no arguments (preset 'default'): none / quartermap / "
-                                   "tome:r=13 / random_drop on random-init DeiT-S and VMamba-T at "
-                                   "224 px (speed, FLOPs) and on the PBC reference models with "
-                                   "their bundled weights, evaluated on the bundled PBC test "
-                                   "sample (real accuracy); CPU.")
+                       description=_default_description())
     p.add_argument("--backbones", help="comma-separated backbone names")
     p.add_argument("--methods", help="comma-separated specs: name or name:key=value,key=value, "
                                      "e.g. none,tome:r=13,prop_attn=false,random_drop:keep=0.5 "
