@@ -212,12 +212,24 @@ def test_read_only_out_is_one_line(tmp_path, capsys):
         ro.chmod(stat.S_IRWXU)
 
 
-def _tmpfs(path, size):
+def _tmpfs(path, size, options=""):
     path.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                          capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}{options}", "tmpfs",
+                           str(path)], capture_output=True)
     if done.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.decode().strip()})")
+
+
+def test_read_only_file_system_out_is_one_line(tmp_path, capsys):
+    """A read-only --out, as root too: a tmpfs mounted read-only refuses every write."""
+    disk = tmp_path / "ro"
+    _tmpfs(disk, "1m", ",ro")
+    try:
+        assert main(["compare"] + FAST + ["--out", str(disk / "run")]) == 2
+        line = one_error_line(capsys)
+        assert str(disk / "run") in line and "Read-only file system" in line
+    finally:
+        subprocess.run(["umount", str(disk)])
 
 
 def test_disk_full_keeps_every_committed_row(tmp_path, capsys):
@@ -403,6 +415,22 @@ def test_resampling_is_refused_unless_asked_then_said(tmp_path):
                           allow_resample=True, **API_FAST)
     assert any("patch_embed.proj.weight [48, 3, 4, 4] -> [48, 3, 8, 8]" in n
                for n in df.attrs["notes"])
+
+
+def test_copy_and_pickle_of_a_reduced_model_are_refused_clearly():
+    import copy
+    import io
+
+    for name, method in ((VIT, "tome"), ("vmamba_tiny_pbc64", "quartermap")):
+        model = tokenred.create_backbone(name, **(TINY if name == VIT else {}))
+        handle = tokenred.apply(model, method)
+        with pytest.raises(RuntimeError, match="cannot pickle or torch.save a model while"):
+            torch.save(model, io.BytesIO())
+        with pytest.raises(RuntimeError, match="cannot copy a model while"):
+            copy.deepcopy(model)
+        handle.remove()
+        torch.save(model, io.BytesIO())       # unreduced again: saves as any module does
+        assert isinstance(copy.deepcopy(model), type(model))
 
 
 def test_bad_sizes_for_count_flops():
