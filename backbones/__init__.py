@@ -1,3 +1,3 @@
 """Built-in backbone families, one file each. Importing this package registers their site
 adapters, checkpoint filters and named backbones."""
-from . import medmamba, vit, vmamba  # noqa: F401
+from . import medmamba, vim, vit, vmamba  # noqa: F401
