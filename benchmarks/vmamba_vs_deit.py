@@ -1,4 +1,5 @@
-"""VMamba-T[s1l8] vs DeiT-S: one full forward each, timed side by side in one run.
+"""An SSM backbone (VMamba-T[s1l8] by default, or Vim, MedMamba) vs DeiT-S: one full forward
+each, timed side by side in one run.
 
 The two have about the same FLOPs (4.91 vs 4.61 GMACs); the official VMamba runs only with custom
 CUDA kernels and its CPU fallback (a sequential scan loop) took 10.8x a DeiT-S forward on a quiet
@@ -10,6 +11,7 @@ and, paired, the median of per-round ratios.
 
     python benchmarks/vmamba_vs_deit.py                                  # CPU, batch 1
     python benchmarks/vmamba_vs_deit.py --device cuda --batch-size 128   # VMamba's GPU protocol
+    python benchmarks/vmamba_vs_deit.py --ssm vim_small --batch-size 8   # Vim-S (5.9 GMACs)
 """
 from __future__ import annotations
 
@@ -30,7 +32,9 @@ PROTOCOL = TimingDefaults(cpu_batch=1, cuda_batch=128, cpu_warmup=3, cpu_iters=2
 
 def main() -> int:
     parser = PROTOCOL.parser(__doc__.split("\n")[0])
-    parser.add_argument("--vmamba", default="vmamba_tiny_s1l8")
+    parser.add_argument("--ssm", "--vmamba", dest="vmamba", default="vmamba_tiny_s1l8",
+                        help="the SSM backbone to time against DeiT-S (any with a scan_backend "
+                             "argument: vmamba_*, medmamba_*, vim_*)")
     parser.add_argument("--reference", choices=["auto", "yes", "no"], default="auto",
                         help="also time the sequential-loop backend (auto: on CPU only)")
     args = parser.parse_args()
