@@ -26,6 +26,7 @@ from tokenred.timing import environment
 # (label, K·D, N, L): VMamba-T[s1l8] has d_inner = C (ssm_ratio 1), so K·D = 4·C
 SHAPES = [("L3136 KD384 N1 (stage 1)", 384, 1, 3136),
           ("L3136 KD384 N16", 384, 16, 3136),
+          ("L197 KD768 N16 (Vim-S shape)", 768, 16, 197),
           ("L784 KD768 N1 (stage 2)", 768, 1, 784),
           ("L196 KD1536 N1 (stage 3)", 1536, 1, 196),
           ("L49 KD3072 N1 (stage 4)", 3072, 1, 49)]
