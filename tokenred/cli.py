@@ -200,7 +200,8 @@ def _arguments_digest(args: argparse.Namespace, backbones: list, specs: list) ->
     import hashlib
     import json
 
-    settings = {k: v for k, v in vars(args).items() if k not in ("fn", "out", "no_progress")}
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("fn", "out", "no_progress", "debug")}   # how it is shown, not what
     settings.update(backbones=backbones, methods=[s.text for s in specs],
                     data=os.path.abspath(args.data) if args.data else None)
     text = json.dumps(settings, sort_keys=True, default=str)
