@@ -95,6 +95,17 @@ def test_channel_slices_give_the_same_scan(form, monkeypatch):
         4           # the largest divisor of a group's 12 (or all 48) channels <= 5
     ref = scan_reference(**float64(inputs))
     assert rel_err(scan_torch(**inputs), ref) < 1e-5
+    # training: the sliced forward and backward give the unsliced gradients
+    leaves = {k: v.clone().requires_grad_(True) for k, v in inputs.items()
+              if isinstance(v, torch.Tensor)}
+    weights = torch.randn(2, 48, 50)
+    (scan_torch_autograd(**{**inputs, **leaves}) * weights).sum().backward()
+    sliced = {k: v.grad for k, v in leaves.items()}
+    monkeypatch.setattr(ss_module, "_TILE_ABOVE", 1 << 30)
+    leaves = {k: v.detach().clone().requires_grad_(True) for k, v in leaves.items()}
+    (scan_torch_autograd(**{**inputs, **leaves}) * weights).sum().backward()
+    for k, v in leaves.items():
+        torch.testing.assert_close(sliced[k], v.grad, rtol=1e-4, atol=1e-5, msg=k)
 
 
 def test_reference_matches_a_naive_per_channel_loop():

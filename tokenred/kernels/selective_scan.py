@@ -225,11 +225,36 @@ _TILE_ELEMENTS = 3 << 19
 def _channel_tile(per_channel: int, dim: int, groups: int) -> int:
     """Channels per slice: ``dim`` when the working set is small (or N = 1), otherwise the
     largest divisor of a group's channels that keeps a slice near ``_TILE_ELEMENTS``."""
-    if per_channel * dim <= _TILE_ABOVE or per_channel <= 0:
+    if per_channel * dim <= _TILE_ABOVE or per_channel <= 0 or dim <= 1:
         return dim
     per_group = dim // groups
     want = max(1, _TILE_ELEMENTS // per_channel)
     return max(d for d in range(1, per_group + 1) if per_group % d == 0 and d <= max(want, 1))
+
+
+def _in_channel_slices(fn, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                       D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
+                       delta_softplus: bool, chunk: int) -> Optional[Tensor]:
+    """``fn`` over cache-sized channel slices, concatenated; None when one slice is all. Channels
+    are independent; a slice lies inside one group of B and C (VMamba: one per direction), and
+    under autograd the gradients of the shared B/C sum over the slices by themselves."""
+    batch, dim, length = u.shape
+    n = A.shape[1]
+    groups = max(t.shape[1] if t.dim() == 4 else 1 for t in (B, C))
+    tile = _channel_tile(length * batch * n, dim, groups) if n > 1 else dim
+    if tile >= dim:
+        return None
+    per_group = dim // groups
+    pieces = []
+    for start in range(0, dim, tile):
+        sl, g = slice(start, start + tile), start // per_group
+
+        def pick(t: Tensor) -> Tensor:        # B/C: constant per channel, or the slice's group
+            return t[sl] if t.dim() == 2 else (t[:, g:g + 1] if t.dim() == 4 else t)
+        pieces.append(fn(u[:, sl], delta[:, sl], A[sl], pick(B), pick(C),
+                         None if D is None else D[sl], None if z is None else z[:, sl],
+                         None if delta_bias is None else delta_bias[sl], delta_softplus, chunk))
+    return torch.cat(pieces, dim=1)
 
 
 def scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
@@ -252,21 +277,10 @@ def scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                 D, None if z is None else z[sl], delta_bias, delta_softplus, chunk))
         return torch.cat(pieces)
 
-    # a slice must lie inside one group of B and C (VMamba: one per scan direction)
-    groups = max(t.shape[1] if t.dim() == 4 else 1 for t in (B, C))
-    tile = _channel_tile(length * batch * n, dim, groups) if n > 1 else dim
-    if tile < dim:   # channels are independent: scan cache-sized slices of them one by one
-        per_group = dim // groups
-        pieces = []
-        for s in range(0, dim, tile):
-            sl, g = slice(s, s + tile), s // per_group
-            pick = (lambda t: t[sl] if t.dim() == 2 else
-                    (t[:, g:g + 1] if t.dim() == 4 else t))       # B/C: the slice's own group
-            pieces.append(scan_torch(
-                u[:, sl], delta[:, sl], A[sl], pick(B), pick(C),
-                None if D is None else D[sl], None if z is None else z[:, sl],
-                None if delta_bias is None else delta_bias[sl], delta_softplus, chunk))
-        return torch.cat(pieces, dim=1)
+    sliced = _in_channel_slices(scan_torch, u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                chunk)
+    if sliced is not None:
+        return sliced
 
     ct = _compute_dtype(u)
     with torch.no_grad():
@@ -294,15 +308,12 @@ def scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
             # contiguous channels rather than along the N states, which on CPU is several times
             # faster at N = 16; the C contraction accumulates state by state, no [L, b, N, d]
             # temporary
-            # (out= keeps the outputs contiguous in this order whatever the inputs' strides)
-            decay = torch.empty(length, batch, n, dim, dtype=ct, device=u.device)
-            torch.mul(dt.unsqueeze(2), a.t().contiguous(), out=decay).exp_()  # [L, b, N, d]
+            g5 = (length, batch, n, groups, dim // groups)
+            decay = _states_first(torch.mul, dt.unsqueeze(2), a.t(), (length, batch, n, dim)).exp_()
             du = torch.mul(dt, u_t).view(length, batch, 1, groups, dim // groups)
-            drive = torch.empty(length, batch, n, groups, dim // groups, dtype=ct, device=u.device)
-            torch.mul(du, Bt.permute(0, 1, 4, 2, 3), out=drive)
-            h = _recurrence_(decay, drive.view(length, batch, n, dim), chunk)
-            h = h.view(length, batch, n, groups, dim // groups)
-            cs = Ct.permute(0, 1, 4, 2, 3)                                  # [L|1, b|1, N, G, 1]
+            drive = _states_first(torch.mul, du, _bc_states_first(Bt), g5)
+            h = _recurrence_(decay, drive.view(length, batch, n, dim), chunk).view(g5)
+            cs = _bc_states_first(Ct)                                       # [L|1, b|1, N, G, 1]
             y = torch.mul(h[:, :, 0], cs[:, :, 0])
             for k in range(1, n):
                 y.addcmul_(h[:, :, k], cs[:, :, k])
@@ -417,6 +428,18 @@ class _ScanTorchFunction(torch.autograd.Function):
                 grad_A, grad_B, grad_C, grad_D, grad_z, grad_bias, None, None)
 
 
+def _bc_states_first(t: Tensor) -> Tensor:
+    """B or C from ``_time_major``'s [L|1, b|1, G, 1, N] to [L|1, b|1, N, G, 1] (a view)."""
+    return t.permute(0, 1, 4, 2, 3)
+
+
+def _states_first(op, x: Tensor, y: Tensor, shape: tuple) -> Tensor:
+    """``op(x, y)`` written into a fresh contiguous tensor of ``shape`` (an op's own output
+    would follow its inputs' strides, not this layout)."""
+    out = torch.empty(shape, dtype=x.dtype, device=x.device)
+    return op(x, y, out=out)
+
+
 def scan_torch_autograd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                         D: Optional[Tensor] = None, z: Optional[Tensor] = None,
                         delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
@@ -424,6 +447,10 @@ def scan_torch_autograd(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tenso
     """The ``torch`` backend, differentiable (a custom backward; see ``_ScanTorchFunction``)."""
     if chunk < 2:
         raise ValueError(f"chunk must be >= 2, got {chunk}")
+    sliced = _in_channel_slices(scan_torch_autograd, u, delta, A, B, C, D, z, delta_bias,
+                                delta_softplus, chunk)
+    if sliced is not None:   # large N > 1 scans: cache-sized slices, forward and backward
+        return sliced
     return _ScanTorchFunction.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, chunk)
 
 
