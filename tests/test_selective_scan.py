@@ -62,14 +62,20 @@ def test_extreme_decay_gives_no_overflow_or_nan():
     assert rel_err(y, scan_reference(**float64(inputs))) < 1e-5
 
 
-@pytest.mark.parametrize("form", ["grouped", "ungrouped", "constant"])
-def test_b_c_shapes_and_gate(form):
-    inputs = make_inputs(2, 12, 3, 40)
+def inputs_with_bc_form(form, batch, dim, d_state, length):
+    """Gated inputs whose B/C are grouped [b, 4, N, L], ungrouped [b, N, L] or constant [D, N]."""
+    inputs = make_inputs(batch, dim, d_state, length)
     if form == "ungrouped":
         inputs["B"], inputs["C"] = inputs["B"][:, 0], inputs["C"][:, 0]
     elif form == "constant":
-        inputs["B"], inputs["C"] = torch.randn(12, 3), torch.randn(12, 3)
-    inputs["z"] = torch.randn(2, 12, 40)
+        inputs["B"], inputs["C"] = torch.randn(dim, d_state), torch.randn(dim, d_state)
+    inputs["z"] = torch.randn(batch, dim, length)
+    return inputs
+
+
+@pytest.mark.parametrize("form", ["grouped", "ungrouped", "constant"])
+def test_b_c_shapes_and_gate(form):
+    inputs = inputs_with_bc_form(form, 2, 12, 3, 40)
     ref = scan_reference(**float64(inputs))
     assert rel_err(scan_torch(**inputs), ref) < 1e-5
     # the gate, and the D skip, by hand: y = (scan without D + D u) * silu(z)
@@ -83,12 +89,7 @@ def test_b_c_shapes_and_gate(form):
 def test_channel_slices_give_the_same_scan(form, monkeypatch):
     """Large N > 1 scans run in cache-sized channel slices, each inside one group of B/C: force
     slicing on a small input and compare with the sequential float64 scan."""
-    inputs = make_inputs(2, 48, 4, 50)
-    if form == "ungrouped":
-        inputs["B"], inputs["C"] = inputs["B"][:, 0], inputs["C"][:, 0]
-    elif form == "constant":
-        inputs["B"], inputs["C"] = torch.randn(48, 4), torch.randn(48, 4)
-    inputs["z"] = torch.randn(2, 48, 50)
+    inputs = inputs_with_bc_form(form, 2, 48, 4, 50)
     monkeypatch.setattr(ss_module, "_TILE_ABOVE", 1000)
     monkeypatch.setattr(ss_module, "_TILE_ELEMENTS", 50 * 2 * 4 * 5)    # 5 channels wanted
     assert ss_module._channel_tile(50 * 2 * 4, 48, 4 if form == "grouped" else 1) == \
