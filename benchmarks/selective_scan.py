@@ -32,13 +32,13 @@ SHAPES = [("L3136 KD384 N1 (stage 1)", 384, 1, 3136),
           ("L49 KD3072 N1 (stage 4)", 3072, 1, 49)]
 
 
-def make_inputs(batch, dim, n, length, device):
+def make_inputs(batch, dim, n, length, device, groups=4):
     g = torch.Generator().manual_seed(0)
     t = dict(u=torch.randn(batch, dim, length, generator=g),
              delta=0.5 * torch.randn(batch, dim, length, generator=g),
              A=-torch.exp(torch.rand(dim, n, generator=g) * 3 - 1),
-             B=torch.randn(batch, 4, n, length, generator=g),
-             C=torch.randn(batch, 4, n, length, generator=g),
+             B=torch.randn(batch, groups, n, length, generator=g),
+             C=torch.randn(batch, groups, n, length, generator=g),
              D=torch.randn(dim, generator=g), delta_bias=0.5 * torch.randn(dim, generator=g))
     return {k: v.to(device) for k, v in t.items()}
 
@@ -79,7 +79,8 @@ def main() -> int:
     rows = []
     with torch.inference_mode():
         for label, dim, n, length in SHAPES:
-            x = make_inputs(args.batch_size, dim, n, length, device)
+            # VMamba: B/C per scan direction (4 groups); Vim: one group
+            x = make_inputs(args.batch_size, dim, n, length, device, 1 if "Vim" in label else 4)
             run = [b for b in backends
                    if b != "reference" or args.batch_size * dim * n * length <= args.skip_reference_above]
             calls = {b: (lambda b=b, x=x: selective_scan(**x, delta_softplus=True, backend=b))

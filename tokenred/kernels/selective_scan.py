@@ -309,14 +309,19 @@ def scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
             # faster at N = 16; the C contraction accumulates state by state, no [L, b, N, d]
             # temporary
             g5 = (length, batch, n, groups, dim // groups)
-            decay = _states_first(torch.mul, dt.unsqueeze(2), a.t(), (length, batch, n, dim)).exp_()
+            decay = _states_first(torch.mul, dt.unsqueeze(2), a.t().contiguous(),
+                                  (length, batch, n, dim)).exp_()
             du = torch.mul(dt, u_t).view(length, batch, 1, groups, dim // groups)
             drive = _states_first(torch.mul, du, _bc_states_first(Bt), g5)
             h = _recurrence_(decay, drive.view(length, batch, n, dim), chunk).view(g5)
             cs = _bc_states_first(Ct)                                       # [L|1, b|1, N, G, 1]
-            y = torch.mul(h[:, :, 0], cs[:, :, 0])
-            for k in range(1, n):
-                y.addcmul_(h[:, :, k], cs[:, :, k])
+            if groups == 1 and Ct.shape[0] == length and Ct.shape[1] == batch:
+                # one group, time-varying C: y_t = C_t h_t is one batched [1, N] x [N, d] matmul
+                y = torch.bmm(Ct.reshape(length * batch, 1, n), h.view(length * batch, n, dim))
+            else:
+                y = torch.mul(h[:, :, 0], cs[:, :, 0])
+                for k in range(1, n):
+                    y.addcmul_(h[:, :, k], cs[:, :, k])
             y = y.view(length, batch, dim)
         if D is not None:
             y.addcmul_(u_t, D.to(ct))
