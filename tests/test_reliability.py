@@ -477,8 +477,14 @@ def _readme_blocks():
             shell.append("\n".join(current))
             current = []
         blank = not line.strip()
-    commands = ("tokenred", "python3", ".venv/", "torchrun", "bash", "pip", "CI=")
-    return python, [b for b in shell if b.lstrip().startswith(commands)]
+    if current:
+        shell.append("\n".join(current))
+
+    def is_command(block: str) -> bool:   # not a file tree or a table laid out with spaces
+        first = block.split()[0]
+        return first in ("tokenred", "python3", "torchrun", "bash", "pip") or \
+            first.startswith((".venv/", "CI="))
+    return python, [b for b in shell if b.strip() and is_command(b)]
 
 
 def test_readme_code_blocks_are_valid():
