@@ -147,10 +147,10 @@ def non_finite(tensors: Mapping[str, torch.Tensor], limit: int = 5) -> list[str]
     return bad
 
 
-def require_finite(model: nn.Module, source: str) -> None:
-    """Refuse weights holding NaN/Inf (a model that cannot mean anything, whose baseline would
-    disagree with itself), naming the first bad tensors."""
-    bad = non_finite(dict(model.state_dict()))
+def require_finite(weights: nn.Module | Mapping[str, torch.Tensor], source: str) -> None:
+    """Refuse weights (a model's, or a state_dict) holding NaN/Inf — a model that cannot mean
+    anything, whose baseline would disagree with itself — naming the first bad tensors."""
+    bad = non_finite(dict(weights.state_dict() if isinstance(weights, nn.Module) else weights))
     if bad:
         raise CheckpointError(f"{source}: weights hold NaN/Inf values: {', '.join(bad)}; the file "
                               f"is damaged or came from a diverged training")
@@ -174,10 +174,7 @@ def load_checkpoint(model: nn.Module, path: str | os.PathLike, strict: bool = Tr
     report.resampled = sorted((k, raw_shapes[k], tuple(v.shape)) for k, v in state.items()
                               if k in raw_shapes and k in own and raw_shapes[k] != tuple(v.shape)
                               and tuple(own[k].shape) == tuple(v.shape))
-    bad = non_finite(state)
-    if bad:
-        raise CheckpointError(f"{os.fspath(path)}: weights hold NaN/Inf values: {', '.join(bad)}; "
-                              f"the file is damaged or came from a diverged training")
+    require_finite(state, os.fspath(path))
     if report.resampled and not allow_resample:
         if strict:
             raise CheckpointError(report.resampled_text + "; pass allow_resample=True (CLI: "

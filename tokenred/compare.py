@@ -1,12 +1,13 @@
 """``tokenred.compare``: every method on every backbone, measured the same way, as one table."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import shutil
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import pandas as pd
 import torch
@@ -122,8 +123,9 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
     had to be resampled to fit is refused unless ``allow_resample``. ``backbone_kwargs``: model
     arguments for every backbone (``{"num_classes": 10}``) or per backbone name
     (``{"deit_tiny_patch16_224": {"patch_size": 4}}``); reports show them. timm models are built
-    for ``input_size``. ``progress`` is called with a short message at each step. A method that cannot serve a backbone's site kinds (a
-    sequence-only method on VMamba) is skipped there and listed in ``df.attrs["skipped"]``.
+    for ``input_size``. ``progress`` is called with a short message at each step. A method that
+    cannot serve a backbone's site kinds (a sequence-only method on VMamba) is skipped there and
+    listed in ``df.attrs["skipped"]``.
 
     ``input_size``: one size for every backbone, or ``None`` for each backbone's own (its data
     config: 224 for the ImageNet models, 64 for the reference models). ``pretrained``: a bool for
@@ -165,7 +167,7 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
     check_names("methods", [s.text for s in specs])
     for what, value in (("batch size", batch_size), ("eval batch size", eval_batch_size)):
         check_positive_int(value, what, "images")
-    check_amp(amp, resolve_dtype(dtype), dev)
+    check_amp(amp, resolve_dtype(dtype))
     if not any(s.is_baseline for s in specs):
         specs.insert(0, MethodSpec("none", "none", {}))
     checkpoints = dict(checkpoints or {})
@@ -187,165 +189,162 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
     images_of = {b: scanned[f] if f else None for b, f in folders.items()}
     weights_of = {b: _weights_identity(b, seed, pretrained_of[b], checkpoints.get(b), kwargs_of[b])
                   for b in backbone_names}
-    if isinstance(store, (str, os.PathLike)):
-        return _in_run_dir(os.fspath(store), log, lambda opened: compare(
-            backbone_names, specs, device=device, batch_size=batch_size, input_size=input_size,
-            dtype=dtype, amp=amp, warmup=warmup, iters=iters, rounds=rounds, threads=threads,
-            pretrained=pretrained, seed=seed, checkpoints=checkpoints,
-            backbone_kwargs=backbone_kwargs, data=data, limit=limit, num_workers=num_workers,
-            eval_batch_size=eval_batch_size, transform_overrides=transform_overrides,
-            store=opened, progress=progress, match=match, allow_resample=allow_resample))
-    report = progress or (lambda msg: None)
-    store = store if store is not None else ResultsStore(":memory:")
-    dtype_text = str(resolve_dtype(dtype)).replace("torch.", "") + ("+amp" if amp else "")
-    device_text = str(dev)
+    with _opened_store(store, log) as store:
+        report = progress or (lambda msg: None)
+        dtype_text = str(resolve_dtype(dtype)).replace("torch.", "") + ("+amp" if amp else "")
+        device_text = str(dev)
 
-    def variant_of(bname: str, kind: str) -> str:
-        # what decides the value, by content: weights by digest, data by its file list
-        weights = weights_of[bname]
-        if kind in ("timing", "match"):   # a speed match depends on the timing protocol too
-            return weights + json.dumps({"warmup": warmup, "iters": iters, "rounds": rounds,
-                                         "threads": threads})
-        if kind == "eval":
-            images = images_of[bname]
-            return weights + json.dumps({"data": images.digest, "subset": images.subset,
-                                         "transform": transform_overrides}, sort_keys=True)
-        return weights if kind == "flops" else ""
+        def variant_of(bname: str, kind: str) -> str:
+            # what decides the value, by content: weights by digest, data by its file list
+            weights = weights_of[bname]
+            if kind in ("timing", "match"):   # a speed match depends on the timing protocol too
+                return weights + json.dumps({"warmup": warmup, "iters": iters, "rounds": rounds,
+                                             "threads": threads})
+            if kind == "eval":
+                images = images_of[bname]
+                return weights + json.dumps({"data": images.digest, "subset": images.subset,
+                                             "transform": transform_overrides}, sort_keys=True)
+            return weights if kind == "flops" else ""
 
-    def key(bname: str, spec: MethodSpec, kind: str) -> Key:
-        return Key(bname, spec.text, size_of[bname], batch_size, dtype_text, device_text, kind,
-                   variant_of(bname, kind))
+        def key(bname: str, spec: MethodSpec, kind: str) -> Key:
+            return Key(bname, spec.text, size_of[bname], batch_size, dtype_text, device_text, kind,
+                       variant_of(bname, kind))
 
-    run_env = environment(dev, resolve_dtype(dtype), amp)   # stored with every measurement
+        run_env = environment(dev, resolve_dtype(dtype), amp)   # stored with every measurement
 
-    def kinds_of(bname: str) -> tuple[str, ...]:
-        return ("flops", "timing") + (("eval",) if images_of[bname] is not None else ())
+        def kinds_of(bname: str) -> tuple[str, ...]:
+            return ("flops", "timing") + (("eval",) if images_of[bname] is not None else ())
 
-    base_spec = next(s for s in specs if s.is_baseline)
-    targets = _match_targets(match)
-    plan = {b: specs for b in backbone_names}
-    labels: dict[tuple[str, str], str] = {}
-    match_gaps: list[dict] = []
-    if targets:
-        def build(bname: str) -> torch.nn.Module:
-            return _build_backbone(bname, size_of[bname], pretrained_of[bname], seed,
-                                   checkpoints.get(bname), kwargs_of[bname], allow_resample)
+        base_spec = next(s for s in specs if s.is_baseline)
+        targets = _match_targets(match)
+        plan = {b: specs for b in backbone_names}
+        labels: dict[tuple[str, str], str] = {}
+        match_gaps: list[dict] = []
+        if targets:
+            def build(bname: str) -> torch.nn.Module:
+                return _build_backbone(bname, size_of[bname], pretrained_of[bname], seed,
+                                       checkpoints.get(bname), kwargs_of[bname], allow_resample)
 
-        def time_pair(bname: str, base: torch.nn.Module, model: torch.nn.Module) -> float:
-            res = benchmark_interleaved({"none": base, "x": model}, size_of[bname], batch_size,
-                                        dev, dtype, amp, warmup, iters, 2, threads)
-            return res["x"].images_per_s / res["none"].images_per_s
+            def time_pair(bname: str, base: torch.nn.Module, model: torch.nn.Module) -> float:
+                res = benchmark_interleaved({"none": base, "x": model}, size_of[bname], batch_size,
+                                            dev, dtype, amp, warmup, iters, 2, threads)
+                return res["x"].images_per_s / res["none"].images_per_s
 
+            for bname in backbone_names:
+                plan[bname], gaps = _solve_matches(bname, specs, targets, store, key, build,
+                                                   size_of[bname], time_pair, labels, report)
+                match_gaps.extend(gaps)
+        # under torch.distributed: rank 0 counts, times (one device per configuration) and writes
+        # the store; every rank evaluates its shard of the images
+        rank, world = distributed_rank_world()
+        lead = rank == 0
         for bname in backbone_names:
-            plan[bname], gaps = _solve_matches(bname, specs, targets, store, key, build,
-                                               size_of[bname], time_pair, labels, report)
-            match_gaps.extend(gaps)
-    # under torch.distributed: rank 0 counts, times (one device per configuration) and writes
-    # the store; every rank evaluates its shard of the images
-    rank, world = distributed_rank_world()
-    lead = rank == 0
-    for bname in backbone_names:
-        _barrier(world)  # every rank reads the same stored state before deciding what to measure
-        input_size, images = size_of[bname], images_of[bname]
-        specs_here = plan[bname]
-        todo = {spec.text: [k for k in kinds_of(bname) if store.get(key(bname, spec, k)) is None]
-                for spec in specs_here if store.get(key(bname, spec, "unsupported")) is None}
-        if not any(todo.values()):
-            report(f"{bname}: all stored, skipped")
-            continue
-        report(f"{bname}: build")
-        build_notes: list[str] = []
-        base = _build_backbone(bname, input_size, pretrained_of[bname], seed, checkpoints.get(bname),
-                               kwargs_of[bname], allow_resample, build_notes)
-        n_params = count_params(base)
-        models, handles = {}, {}
-        for spec in specs_here:
-            # the baseline also runs when others need it (speedup/Δtop-1 from the same pass)
-            if spec.text not in todo or (not todo[spec.text] and not spec.is_baseline):
+            # every rank reads the same stored state before deciding what to measure
+            _barrier(world)
+            input_size, images = size_of[bname], images_of[bname]
+            specs_here = plan[bname]
+            todo = {spec.text: [k for k in kinds_of(bname)
+                                if store.get(key(bname, spec, k)) is None]
+                    for spec in specs_here if store.get(key(bname, spec, "unsupported")) is None}
+            if not any(todo.values()):
+                report(f"{bname}: all stored, skipped")
                 continue
-            model = copy.deepcopy(base)
-            params = dict(spec.params)
-            where = params.pop("where", None)
-            try:
-                handles[spec.text] = apply(model, spec.name, where=where, **params)
-            except (UnsupportedSiteKindError, SiteQuantityError, ParameterError) as exc:
-                # a method that cannot serve this backbone's site kinds (or these parameters on
-                # them: random_drop's r on a grid) is a gap in the table, not a failure of the
-                # whole comparison; parameters bad everywhere were refused before measuring
-                if lead:
-                    store.put(key(bname, spec, "unsupported"), {"reason": str(exc), "env": run_env})
-                report(f"{bname} {spec.text}: not supported, skipped")
-                continue
-            models[spec.text] = model
-            if "flops" in todo[spec.text] and lead:
-                report(f"{bname} {spec.text}: count FLOPs")
-                count = count_flops(model, input_size)
-                store.put(key(bname, spec, "flops"), {
-                    "n_params": n_params, "gflops": count.gflops,
-                    "tokens_out": getattr(handles[spec.text].state, "tokens_out", None),
-                    "uncounted": count.uncounted, "env": run_env,
-                    "match": labels.get((bname, spec.text)), "notes": build_notes,
-                    "backbone_args": kwargs_of[bname]})
-        del base
-        by_text = {s.text: s for s in specs_here}
-        timed = [t for t in models if "timing" in todo[t]] if lead else []
-        if timed:
-            group = {t: models[t] for t in models if t in timed or t == base_spec.text}
-            results = benchmark_interleaved(group, input_size, batch_size, dev, dtype, amp, warmup,
-                                            iters, rounds, threads,
-                                            progress=lambda m, b=bname: report(f"{b} {m}"))
-            ips0 = results[base_spec.text].images_per_s
-            base_flags = timing_flags(results[base_spec.text])
-            for t in timed:
-                res = results[t]
-                # a speedup is a ratio: it means nothing when either side's timing does not
-                flags = timing_flags(res) + [f"baseline: {f}" for f in base_flags
-                                             if t != base_spec.text]
-                store.put(key(bname, by_text[t], "timing"), {
-                    "images_per_s": res.images_per_s, "speedup": res.images_per_s / ips0,
-                    "latency_median_ms": res.median_ms, "latency_iqr_ms": res.iqr_ms,
-                    "flags": flags, "env": res.env})
-        evaluated = [t for t in models if "eval" in todo[t]]
-        if evaluated:
-            report(f"{bname}: evaluate on {len(images.paths)} images")
-            group = {t: models[t] for t in models if t in evaluated or t == base_spec.text}
-            ev = evaluate(group, base_spec.text, images, input_size, eval_batch_size, dev,
-                          resolve_dtype(dtype), amp, num_workers, transform_overrides,
-                          progress=_eval_progress(bname, report))
-            require_readable(ev, images.root)
-            top1_base = ev.counts[base_spec.text].metrics(ev.labeled)["top1"]
-            for t in evaluated if lead else ():
-                m = ev.counts[t].metrics(ev.labeled)
-                store.put(key(bname, by_text[t], "eval"), {
-                    **m, "delta_top1": m["top1"] - top1_base, "eval_images": ev.n_images,
-                    "eval_failed": len(ev.failed), "failed_images": ev.failed,
-                    "labeled": ev.labeled, "data_config": ev.data_config, "env": run_env,
-                    "eval_subset": images.subset, "notes": ev.notes,
-                    "eval_batch_size": eval_batch_size})
-        for h in handles.values():
-            h.remove()
-        del models
+            report(f"{bname}: build")
+            build_notes: list[str] = []
+            base = _build_backbone(bname, input_size, pretrained_of[bname], seed,
+                                   checkpoints.get(bname), kwargs_of[bname], allow_resample,
+                                   build_notes)
+            n_params = count_params(base)
+            models, handles = {}, {}
+            for spec in specs_here:
+                # the baseline also runs when others need it (speedup/Δtop-1 from the same pass)
+                if spec.text not in todo or (not todo[spec.text] and not spec.is_baseline):
+                    continue
+                model = copy.deepcopy(base)
+                params = dict(spec.params)
+                where = params.pop("where", None)
+                try:
+                    handles[spec.text] = apply(model, spec.name, where=where, **params)
+                except (UnsupportedSiteKindError, SiteQuantityError, ParameterError) as exc:
+                    # a method that cannot serve this backbone's site kinds (or these parameters on
+                    # them: random_drop's r on a grid) is a gap in the table, not a failure of the
+                    # whole comparison; parameters bad everywhere were refused before measuring
+                    if lead:
+                        store.put(key(bname, spec, "unsupported"),
+                                  {"reason": str(exc), "env": run_env})
+                    report(f"{bname} {spec.text}: not supported, skipped")
+                    continue
+                models[spec.text] = model
+                if "flops" in todo[spec.text] and lead:
+                    report(f"{bname} {spec.text}: count FLOPs")
+                    count = count_flops(model, input_size)
+                    store.put(key(bname, spec, "flops"), {
+                        "n_params": n_params, "gflops": count.gflops,
+                        "tokens_out": getattr(handles[spec.text].state, "tokens_out", None),
+                        "uncounted": count.uncounted, "env": run_env,
+                        "match": labels.get((bname, spec.text)), "notes": build_notes,
+                        "backbone_args": kwargs_of[bname]})
+            del base
+            by_text = {s.text: s for s in specs_here}
+            timed = [t for t in models if "timing" in todo[t]] if lead else []
+            if timed:
+                group = {t: models[t] for t in models if t in timed or t == base_spec.text}
+                results = benchmark_interleaved(group, input_size, batch_size, dev, dtype, amp,
+                                                warmup, iters, rounds, threads,
+                                                progress=lambda m, b=bname: report(f"{b} {m}"))
+                ips0 = results[base_spec.text].images_per_s
+                base_flags = timing_flags(results[base_spec.text])
+                for t in timed:
+                    res = results[t]
+                    # a speedup is a ratio: it means nothing when either side's timing does not
+                    flags = timing_flags(res) + [f"baseline: {f}" for f in base_flags
+                                                 if t != base_spec.text]
+                    store.put(key(bname, by_text[t], "timing"), {
+                        "images_per_s": res.images_per_s, "speedup": res.images_per_s / ips0,
+                        "latency_median_ms": res.median_ms, "latency_iqr_ms": res.iqr_ms,
+                        "flags": flags, "env": res.env})
+            evaluated = [t for t in models if "eval" in todo[t]]
+            if evaluated:
+                report(f"{bname}: evaluate on {len(images.paths)} images")
+                group = {t: models[t] for t in models if t in evaluated or t == base_spec.text}
+                ev = evaluate(group, base_spec.text, images, input_size, eval_batch_size, dev,
+                              resolve_dtype(dtype), amp, num_workers, transform_overrides,
+                              progress=_eval_progress(bname, report))
+                require_readable(ev, images.root)
+                top1_base = ev.counts[base_spec.text].metrics(ev.labeled)["top1"]
+                for t in evaluated if lead else ():
+                    m = ev.counts[t].metrics(ev.labeled)
+                    store.put(key(bname, by_text[t], "eval"), {
+                        **m, "delta_top1": m["top1"] - top1_base, "eval_images": ev.n_images,
+                        "eval_failed": len(ev.failed), "failed_images": ev.failed,
+                        "labeled": ev.labeled, "data_config": ev.data_config, "env": run_env,
+                        "eval_subset": images.subset, "notes": ev.notes,
+                        "eval_batch_size": eval_batch_size})
+            for h in handles.values():
+                h.remove()
+            del models
 
-    _barrier(world)  # rank 0's last writes are visible to every rank
-    rows, skipped, failed_images, notes = [], list(match_gaps), [], []
-    for bname in backbone_names:
-        base_flops = store.get(key(bname, base_spec, "flops"))
-        for spec in plan[bname]:
-            gap = store.get(key(bname, spec, "unsupported"))
-            if gap is not None:
-                skipped.append({"backbone": bname, "method": spec.text, "reason": gap["reason"]})
-                continue
-            payloads = {k: store.get(key(bname, spec, k)) for k in kinds_of(bname)}
-            rows.append(make_row(bname, spec.text, batch_size, size_of[bname], payloads,
-                                 base_flops))
-            if payloads.get("eval") and not failed_images:
-                failed_images = [tuple(f) for f in payloads["eval"]["failed_images"]]
-            add_notes(notes, bname, payloads)
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    df.attrs["skipped"] = skipped
-    df.attrs["failed_images"] = failed_images
-    df.attrs["notes"] = notes
-    return df
+        _barrier(world)  # rank 0's last writes are visible to every rank
+        rows, skipped, failed_images, notes = [], list(match_gaps), [], []
+        for bname in backbone_names:
+            base_flops = store.get(key(bname, base_spec, "flops"))
+            for spec in plan[bname]:
+                gap = store.get(key(bname, spec, "unsupported"))
+                if gap is not None:
+                    skipped.append({"backbone": bname, "method": spec.text,
+                                    "reason": gap["reason"]})
+                    continue
+                payloads = {k: store.get(key(bname, spec, k)) for k in kinds_of(bname)}
+                rows.append(make_row(bname, spec.text, batch_size, size_of[bname], payloads,
+                                     base_flops))
+                if payloads.get("eval") and not failed_images:
+                    failed_images = [tuple(f) for f in payloads["eval"]["failed_images"]]
+                add_notes(notes, bname, payloads)
+        df = pd.DataFrame(rows, columns=COLUMNS)
+        df.attrs["skipped"] = skipped
+        df.attrs["failed_images"] = failed_images
+        df.attrs["notes"] = notes
+        return df
 
 
 def add_notes(notes: list[str], backbone: str, payloads: Mapping[str, Optional[dict]]) -> None:
@@ -391,7 +390,7 @@ def _kwargs_per_backbone(value: Optional[Mapping], names: list[str]) -> dict[str
     """Model arguments: one dict for every backbone, or a dict per backbone name."""
     value = dict(value or {})
     if value and all(k in names and isinstance(v, Mapping) for k, v in value.items()):
-        return {b: dict(value.get(b, {})) for b in names}
+        return {b: dict(v) for b, v in _per_backbone(value, names, {}).items()}
     nested = [k for k, v in value.items() if isinstance(v, Mapping)]
     if nested:
         raise ParameterError(f"backbone arguments for {nested}, which is not among the backbones "
@@ -399,27 +398,33 @@ def _kwargs_per_backbone(value: Optional[Mapping], names: list[str]) -> dict[str
     return {b: dict(value) for b in names}
 
 
-def _in_run_dir(run_dir: str, log: Optional[dict], run: Callable[[ResultsStore], pd.DataFrame]
-                ) -> pd.DataFrame:
-    """Run ``run`` on the store of ``run_dir``, locked while it measures; a run that fails before
-    measuring anything leaves no directory behind."""
+@contextlib.contextmanager
+def _opened_store(store: Union[None, str, os.PathLike, ResultsStore],
+                  log: Optional[dict]) -> Iterator[ResultsStore]:
+    """The store to measure into: the given one, an in-memory one, or a run directory's, locked
+    while it measures (``log`` recorded in it); a run that fails before measuring anything
+    leaves no run directory behind."""
+    if not isinstance(store, (str, os.PathLike)):
+        yield store if store is not None else ResultsStore(":memory:")
+        return
+    run_dir = os.fspath(store)
     lead = distributed_rank_world()[0] == 0
     created = not os.path.exists(run_dir)
-    store = None
+    opened = None
     try:
-        store = ResultsStore.in_run_dir(run_dir, lock=lead)
+        opened = ResultsStore.in_run_dir(run_dir, lock=lead)
         if log is not None and lead:
-            store.log_run(log)
-        return run(store)
+            opened.log_run(log)
+        yield opened
     except BaseException:
-        if lead and created and (store is None or len(store) == 0):
-            if store is not None:
-                store.close()
+        if lead and created and (opened is None or len(opened) == 0):
+            if opened is not None:
+                opened.close()
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
     finally:
-        if store is not None:
-            store.close()
+        if opened is not None:
+            opened.close()
 
 
 def make_row(backbone: str, method_text: str, batch_size: int, input_size: int,

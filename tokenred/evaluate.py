@@ -13,7 +13,8 @@ Images that fail to decode, and files or class folders that cannot be read, are 
 and named (never silently left out); a run with no readable image is an error. Decoding keeps an
 image's meaning (``tokenred.images``: 16-bit PNGs scaled to 8 bit, EXIF orientation applied).
 A limited evaluation (``limit``) takes a fixed class-balanced subset: the classes interleaved
-round-robin in sorted order, so ``limit=500`` on a 10-class folder is 50 images of each class. Each backbone's own eval transform is used: timm's ``resolve_data_config`` /
+round-robin in sorted order, so ``limit=500`` on a 10-class folder is 50 images of each class.
+Each backbone's own eval transform is used: timm's ``resolve_data_config`` /
 ``create_transform`` on the model's ``pretrained_cfg`` (VMamba and MedMamba declare VMamba's
 protocol there: short side 256 bicubic, center crop 224, ImageNet mean/std).
 """

@@ -63,17 +63,14 @@ def _channel_values(name: str, value: Any) -> tuple:
     return tuple(float(v) for v in (values * 3 if len(values) == 1 else values))
 
 
-def check_amp(amp: bool, dtype: Any, device: Any) -> None:
-    """Autocast needs a lower-precision dtype the device can autocast to."""
+def check_amp(amp: bool, dtype: Any) -> None:
+    """Autocast needs a lower-precision dtype (float16 and bfloat16, the only others
+    ``resolve_dtype`` gives, autocast on CPU and CUDA alike)."""
     import torch
 
-    if not amp:
-        return
-    if dtype == torch.float32:
+    if amp and dtype == torch.float32:
         raise ParameterError("--amp runs fp32 weights under autocast to a lower precision: give "
                              "--dtype float16 or bfloat16 with it")
-    if device.type == "cpu" and dtype not in (torch.bfloat16, torch.float16):
-        raise ParameterError(f"--amp on cpu autocasts to bfloat16 or float16, not {dtype}")
 
 
 def check_positive_int(value: Any, what: str = "input size", unit: str = "pixels") -> int:
