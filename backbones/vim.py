@@ -61,7 +61,8 @@ class BiMambaMixer(nn.Module):
         self.d_state = d_state
         self.d_conv = d_conv
         self.divide_out = divide_out
-        self.scan_backend = check_backend(scan_backend)
+        # None: the process default (tokenred.kernels.set_default_backend) decides at call time
+        self.scan_backend = check_backend(scan_backend) if scan_backend is not None else None
         e, r, n = self.d_inner, self.dt_rank, d_state
         self.in_proj = nn.Linear(dim, 2 * e, bias=False)
         for suffix in ("", "_b"):   # each direction's own parameters, named as officially
@@ -161,7 +162,7 @@ class VisionMamba(nn.Module):
             trunc_normal_(self.cls_token, std=0.02)
 
     def set_scan_backend(self, name: Optional[str]) -> None:
-        name = check_backend(name)
+        name = check_backend(name) if name is not None else None
         for layer in self.layers:
             layer.mixer.scan_backend = name
 

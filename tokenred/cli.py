@@ -64,6 +64,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                                    ("std", _numbers("--std", args.std))) if v is not None}
     out_dir = args.out or os.path.join("reports", "run-" + _arguments_digest(args, backbones, specs))
     device, rank = _init_distributed(args.device)
+    _use_scan_backend(args.scan_backend, device)
     bar = tqdm(total=len(backbones) * _steps_per_backbone(args, specs), unit="step",
                disable=args.no_progress or rank != 0, file=sys.stderr, dynamic_ncols=True)
     started = []
@@ -99,6 +100,21 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     print(f"wrote {', '.join(v for k, v in paths.items() if k != 'plots')}"
           + (f" and {len(paths['plots'])} plot files" if paths.get("plots") else ""))
     return 0
+
+
+def _use_scan_backend(name: Optional[str], device: str) -> None:
+    """Make ``name`` the process-wide scan, after checking it can run on ``device``."""
+    if name is None:
+        return
+    import torch
+
+    from tokenred.kernels import ScanBackendError, resolve_backend, set_default_backend
+
+    try:
+        resolve_backend(name, torch.device(device))
+    except ScanBackendError as exc:
+        raise ValueError(f"--scan-backend {name}: {exc}") from None
+    set_default_backend(name)
 
 
 def _steps_per_backbone(args: argparse.Namespace, specs: list) -> int:
@@ -256,6 +272,8 @@ def _default_description() -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from tokenred.kernels.selective_scan import BACKENDS as SCAN_BACKENDS
+
     parser = argparse.ArgumentParser(prog="tokenred", description=__doc__)
     parser.add_argument("--debug", action="store_true",
                         help="show the full traceback of an error (also TOKENRED_DEBUG=1)")
@@ -285,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=None, help="timed forwards (CPU 10, CUDA 30)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--scan-backend", default=None, choices=SCAN_BACKENDS,
+                   help="selective scan of the SSM backbones: auto (default: mamba_ssm on CUDA "
+                        "when installed, else torch), torch, cpp (compiled CPU kernel, built on "
+                        "first use), reference (the sequential loop), mamba_ssm")
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=None,
                    help="load the published weights (timm's, VMamba's release files); "
                         "--no-pretrained keeps random init even under a preset; a --checkpoint "

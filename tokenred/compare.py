@@ -18,6 +18,7 @@ from .checkpoint import load_checkpoint
 from .evaluate import distributed_rank_world, evaluate, require_readable, scan_folder
 from .fingerprint import file_digest
 from .flops import count_flops, count_params
+from .kernels import resolve_backend
 from .params import ParameterError, parse_method_spec, split_method_list, split_top_level
 from .registry import get_backbone, get_method
 from .sites import SiteQuantityError
@@ -193,13 +194,16 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
         report = progress or (lambda msg: None)
         dtype_text = str(resolve_dtype(dtype)).replace("torch.", "") + ("+amp" if amp else "")
         device_text = str(dev)
+        scan = resolve_backend(None, dev)   # the SSM scan that runs (process default)
 
         def variant_of(bname: str, kind: str) -> str:
             # what decides the value, by content: weights by digest, data by its file list
             weights = weights_of[bname]
             if kind in ("timing", "match"):   # a speed match depends on the timing protocol too
-                return weights + json.dumps({"warmup": warmup, "iters": iters, "rounds": rounds,
-                                             "threads": threads})
+                protocol = {"warmup": warmup, "iters": iters, "rounds": rounds, "threads": threads}
+                if scan != "torch":   # (keys stored before other CPU scans existed stay valid)
+                    protocol["scan_backend"] = scan
+                return weights + json.dumps(protocol)
             if kind == "eval":
                 images = images_of[bname]
                 return weights + json.dumps({"data": images.digest, "subset": images.subset,

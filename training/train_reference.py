@@ -125,6 +125,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=reference.WEIGHTS_DIR)
     p.add_argument("--stats", action="store_true", help="print the training split's mean/std")
     p.add_argument("--init", default=None, help="start from these weights (safetensors)")
+    p.add_argument("--scan-backend", default=None,
+                   help="selective-scan backend of SSM models (cpp: the compiled CPU kernel)")
     args = p.parse_args(argv)
 
     from timm.optim import create_optimizer_v2
@@ -136,6 +138,10 @@ def main(argv=None) -> int:
     spec = reference.REFERENCE_MODELS[args.model]
     kwargs = {"drop_path_rate": args.drop_path}
     model = reference.build(spec, **kwargs)
+    if args.scan_backend is not None:
+        if not hasattr(model, "set_scan_backend"):
+            p.error(f"--scan-backend: {spec.name} has no selective scan")
+        model.set_scan_backend(args.scan_backend)
     init_card = None
     if args.init:
         from tokenred.checkpoint import load_checkpoint

@@ -15,6 +15,10 @@ Backends (``backend=`` or ``set_default_backend``):
   no ratio of decays is ever formed); the states entering each chunk come from the same recurrence
   one level up, on the chunk-end states (recursively); a last multiply-add corrects every step.
   Exact up to float32 rounding for any length and any chunk size.
+* ``cpp`` — the sequential recurrence compiled from ``scan_cpu.cpp`` on first use (CPU only; needs
+  a C++ compiler and ``ninja``), with its own backward that recomputes the states: the working set
+  of one channel stays in cache, so it is the fast CPU path for training and inference. Opt-in,
+  because the first use compiles for ~30 s; constant [D, N] B/C fall back to ``torch``.
 * ``reference`` — the plain sequential loop over time, vectorised over channels (the pattern of
   mamba_ssm's ``selective_scan_ref`` and of VMamba's CPU fallback). For tests and benchmarks.
 * ``mamba_ssm`` — ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn`` (CUDA only).
@@ -36,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-BACKENDS = ("auto", "torch", "reference", "mamba_ssm")
+BACKENDS = ("auto", "torch", "cpp", "reference", "mamba_ssm")
 _default_backend = "auto"
 
 #: chunk length of the ``torch`` backend (speed only: results do not depend on it)
@@ -80,6 +84,8 @@ def resolve_backend(name: Optional[str], device: torch.device) -> str:
     """The concrete backend ``name`` stands for on ``device``; explicit choices that cannot run
     raise ``ScanBackendError``."""
     name = check_backend(name if name is not None else _default_backend)
+    if device.type == "meta":   # shapes only (the preflight): any backend's answer is torch's
+        return "torch"
     if name == "auto":
         return "mamba_ssm" if device.type == "cuda" and mamba_ssm_available() else "torch"
     if name == "mamba_ssm":
@@ -90,6 +96,16 @@ def resolve_backend(name: Optional[str], device: torch.device) -> str:
             raise ScanBackendError("scan backend 'mamba_ssm' requested but mamba_ssm is not "
                                    "importable (pip install mamba-ssm --no-build-isolation); "
                                    "'torch' runs everywhere")
+    if name == "cpp":
+        if device.type != "cpu":
+            raise ScanBackendError(f"scan backend 'cpp' runs on CPU tensors only, got "
+                                   f"{device.type}; use 'auto' or 'torch'")
+        from . import scan_cpp
+
+        try:
+            scan_cpp.load()
+        except RuntimeError as exc:
+            raise ScanBackendError(str(exc)) from None
     return name
 
 
@@ -476,10 +492,22 @@ def scan_mamba_ssm(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     return out.float()
 
 
-_IMPLEMENTATIONS = {"torch": scan_torch, "reference": scan_reference, "mamba_ssm": scan_mamba_ssm}
+def _scan_cpp(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+              D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+              delta_bias: Optional[Tensor] = None, delta_softplus: bool = False) -> Tensor:
+    from . import scan_cpp
+
+    if not scan_cpp.supports(u, B, C):   # constant [D, N] B/C
+        scan = scan_torch_autograd if torch.is_grad_enabled() else scan_torch
+        return scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return scan_cpp.scan_cpp(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
+_IMPLEMENTATIONS = {"torch": scan_torch, "cpp": _scan_cpp, "reference": scan_reference,
+                    "mamba_ssm": scan_mamba_ssm}
 #: what runs when gradients are needed: reference is plain autograd through the loop, mamba_ssm's
 #: function has its own backward
-_DIFFERENTIABLE = {"torch": scan_torch_autograd, "reference": scan_reference,
+_DIFFERENTIABLE = {"torch": scan_torch_autograd, "cpp": _scan_cpp, "reference": scan_reference,
                    "mamba_ssm": scan_mamba_ssm}
 
 
@@ -507,7 +535,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     u, delta: [batch, D, L]; A: [D, N]; B, C: [batch, G, N, L] (G groups of D/G channels; VMamba
     uses G = 4 directions), [batch, N, L] or [D, N]; D, delta_bias: [D]; z: [batch, D, L].
     Returns float32 [batch, D, L] (float64 if ``u`` is float64). ``backend``: ``None``/``"auto"``,
-    ``"torch"``, ``"reference"`` or ``"mamba_ssm"`` (see the module docstring).
+    ``"torch"``, ``"cpp"``, ``"reference"`` or ``"mamba_ssm"`` (see the module docstring).
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     name = resolve_backend(backend, u.device)

@@ -1,0 +1,146 @@
+"""The compiled CPU scan (backend ``cpp``): forward and every gradient against the float64
+sequential loop, float64 through the kernel, the batch-1 split backward, dispatch, errors, and the
+backbones on it. Building needs a C++ compiler (skipped with the reason where there is none)."""
+import shutil
+
+import pytest
+import torch
+
+import tokenred
+from tokenred.kernels import ScanBackendError, resolve_backend, scan_reference, selective_scan, set_default_backend
+from tokenred.kernels import scan_cpp
+
+from conftest import IN_CI
+from test_selective_scan import _scan_grads, float64, make_inputs, rel_err
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built():
+    if shutil.which("c++") is None and shutil.which("g++") is None:
+        pytest.skip("no C++ compiler here: the 'cpp' scan backend cannot be built")
+    try:
+        scan_cpp.load()
+    except RuntimeError as exc:
+        if IN_CI:
+            pytest.fail(f"CI has a compiler but the cpp scan did not build: {exc}")
+        pytest.skip(str(exc))
+
+
+def cpp(**kw):
+    return selective_scan(**kw, backend="cpp")
+
+
+@pytest.mark.parametrize("d_state", [1, 3, 16])
+@pytest.mark.parametrize("length", [1, 65, 3136])
+@pytest.mark.parametrize("regime", ["init", "large"])
+def test_forward_matches_float64_sequential(d_state, length, regime):
+    inputs = make_inputs(2, 16, d_state, length, regime=regime)
+    inputs["z"] = torch.randn(2, 16, length)
+    ref = scan_reference(**float64(inputs))
+    with torch.no_grad():
+        y = cpp(**inputs)
+    assert y.dtype == torch.float32 and y.shape == (2, 16, length)
+    assert rel_err(y, ref) < 1e-5
+
+
+@pytest.mark.parametrize("d_state,length,layout,gate", [
+    (1, 49, "grouped", False), (1, 300, "grouped", True), (16, 196, "grouped", True),
+    (16, 65, "shared", True), (4, 97, "shared", False), (4, 33, "constant", True),
+    (16, 1, "grouped", False)])
+@pytest.mark.parametrize("regime", ["init", "large"])
+def test_gradients_match_autograd_through_float64_reference(d_state, length, layout, gate,
+                                                             regime):
+    inputs = make_inputs(2, 16, d_state, length, groups=4, regime=regime, gen_seed=3)
+    g = torch.Generator().manual_seed(7)
+    if layout == "shared":       # [batch, N, L]: one group (Vim)
+        inputs["B"], inputs["C"] = inputs["B"][:, 0], inputs["C"][:, 0]
+    elif layout == "constant":   # [D, N]: served by the torch backend
+        inputs["B"] = torch.randn(16, d_state, generator=g)
+        inputs["C"] = torch.randn(16, d_state, generator=g)
+    if gate:
+        inputs["z"] = torch.randn(2, 16, length, generator=g)
+    grad_out = torch.randn(2, 16, length, generator=g)
+    y_ref, ref = _scan_grads(scan_reference, float64(inputs), grad_out)
+    y, got = _scan_grads(cpp, inputs, grad_out)
+    assert rel_err(y, y_ref) < 1e-5
+    assert set(got) == set(ref)
+    for name in ref:
+        assert got[name].shape == ref[name].shape and got[name].dtype == torch.float32, name
+        if not ref[name].any():
+            assert not got[name].any(), name
+        else:
+            assert rel_err(got[name], ref[name]) < 1e-4, name
+
+
+def test_float64_runs_in_float64():
+    inputs = float64(make_inputs(1, 8, 16, 40, regime="large"))
+    inputs["z"] = torch.randn(1, 8, 40, dtype=torch.float64)
+    grad_out = torch.randn(1, 8, 40, dtype=torch.float64)
+    y_ref, ref = _scan_grads(scan_reference, inputs, grad_out)
+    y, got = _scan_grads(cpp, inputs, grad_out)
+    assert y.dtype == torch.float64 and rel_err(y, y_ref) < 1e-12
+    for name in ref:
+        assert got[name].dtype == torch.float64 and rel_err(got[name], ref[name]) < 1e-10, name
+
+
+def test_batch_one_backward_splits_channels_without_changing_gradients():
+    # batch 1, one group: the backward cuts the channels into per-thread splits whose partial
+    # dB/dC are summed; the result must not depend on the number of threads
+    inputs = make_inputs(1, 24, 16, 50, groups=1, gen_seed=5)
+    grad_out = torch.randn(1, 24, 50)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        _, one = _scan_grads(cpp, inputs, grad_out)
+        torch.set_num_threads(4)
+        _, four = _scan_grads(cpp, inputs, grad_out)
+    finally:
+        torch.set_num_threads(previous)
+    for name in one:
+        torch.testing.assert_close(one[name], four[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_cpp_backend_needs_cpu_tensors():
+    with pytest.raises(ScanBackendError, match="'cpp' runs on CPU tensors only"):
+        resolve_backend("cpp", torch.device("cuda"))
+    # the meta-device preflight (shapes only) runs whatever backend is chosen
+    inputs = make_inputs(1, 4, 1, 5)
+    meta = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    assert cpp(**meta).shape == (1, 4, 5)
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("vim_tiny", dict(img_size=32, patch_size=8, stride=8, embed_dim=32, depth=2)),
+    ("vmamba_tiny_s1l8", dict(dims=16, depths=[1, 1, 1, 1])),
+    ("medmamba_tiny", dict(dims=[16, 32, 64, 128], depths=[1, 1, 1, 1]))])
+def test_backbones_give_the_same_logits_and_gradients_on_cpp(name, kwargs):
+    torch.manual_seed(0)
+    model = tokenred.create_backbone(name, num_classes=5, **kwargs)
+    size = kwargs.get("img_size", 64)
+    x = torch.randn(2, 3, size, size)
+    results = {}
+    for backend in ("torch", "cpp"):
+        model.set_scan_backend(backend)
+        model.zero_grad()
+        logits = model(x)
+        logits.square().sum().backward()
+        results[backend] = (logits.detach(), [p.grad.clone() for p in model.parameters()
+                                              if p.grad is not None])
+    torch.testing.assert_close(results["cpp"][0], results["torch"][0], rtol=1e-4, atol=1e-5)
+    for got, want in zip(results["cpp"][1], results["torch"][1]):
+        assert rel_err(got, want.double()) < 1e-3
+
+
+def test_process_default_reaches_models_that_pin_no_backend(monkeypatch):
+    model = tokenred.create_backbone("vim_tiny", img_size=32, patch_size=8, stride=8,
+                                     embed_dim=32, depth=1, num_classes=3)
+    calls = []
+    real = scan_cpp.scan_cpp
+    monkeypatch.setattr(scan_cpp, "scan_cpp", lambda *a, **k: calls.append(1) or real(*a, **k))
+    previous = set_default_backend("cpp")
+    try:
+        with torch.no_grad():
+            model(torch.randn(1, 3, 32, 32))
+    finally:
+        set_default_backend(previous)
+    assert calls, "a model built without scan_backend ignored the process default"

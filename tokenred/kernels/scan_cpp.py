@@ -1,0 +1,141 @@
+"""The ``cpp`` selective-scan backend: ``scan_cpu.cpp`` compiled on first use
+(``torch.utils.cpp_extension``; needs a C++ compiler and the ``ninja`` package, cached per machine
+under torch's extension folder, ``TORCH_EXTENSIONS_DIR``).
+
+The kernel runs the sequential recurrence one channel at a time with its N states in registers,
+parallel over batch × channels (forward) or batch × group × channel splits (backward, which
+recomputes the states instead of storing them). The softplus/bias of Δ, the D skip and the z gate
+are elementwise and stay in PyTorch, so autograd differentiates them; the kernel's own backward
+gives the gradients of the core. B/C given as constant [D, N] are not handled here (no Mamba model
+uses them): ``supports`` says so and the dispatcher uses ``torch`` for them.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+_SOURCE = os.path.join(os.path.dirname(__file__), "scan_cpu.cpp")
+_lock = threading.Lock()
+_module = None
+_error: Optional[str] = None
+
+
+#: -march=native: the build is for this CPU (the name below carries a digest of its flags, so a
+#: shared cache never hands one CPU's build to another); -ffast-math: lets the compiler use the
+#: math library's vector exp and reassociate the N-state sums (float32 rounding differences only)
+_CFLAGS = ("-O3", "-march=native", "-ffast-math")
+
+
+def _build_name() -> str:
+    import hashlib
+    import platform
+
+    cpu = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu += next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        pass
+    with open(_SOURCE, "rb") as f:
+        source = f.read()
+    digest = hashlib.sha256(cpu.encode() + source + " ".join(_CFLAGS).encode()).hexdigest()[:12]
+    return f"tokenred_scan_cpu_{digest}"
+
+
+def load():
+    """The compiled extension (built once per machine, then loaded from torch's cache); raises
+    RuntimeError with the reason when it cannot be built here."""
+    global _module, _error
+    with _lock:
+        if _module is None and _error is None:
+            import logging
+
+            # (its "No CUDA runtime is found" warning concerns CUDA builds, not this one)
+            quiet = logging.getLogger("torch.utils.cpp_extension")
+            level = quiet.level
+            quiet.setLevel(logging.ERROR)
+            try:
+                from torch.utils.cpp_extension import load as load_extension
+
+                _module = load_extension(_build_name(), [_SOURCE], extra_cflags=list(_CFLAGS),
+                                         verbose=False)
+            except Exception as exc:  # no compiler, no ninja, a failed build
+                _error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
+            finally:
+                quiet.setLevel(level)
+    if _module is None:
+        raise RuntimeError(f"the 'cpp' scan backend could not be built here ({_error}); it needs "
+                           f"a C++ compiler and `pip install ninja`; 'torch' runs everywhere")
+    return _module
+
+
+def available() -> bool:
+    try:
+        load()
+    except RuntimeError:
+        return False
+    return True
+
+
+def supports(u: Tensor, B: Tensor, C: Tensor) -> bool:
+    return u.device.type == "cpu" and B.dim() != 2 and C.dim() != 2
+
+
+def _time_major_groups(t: Tensor, dtype: torch.dtype) -> Tensor:
+    """B or C ([b, N, L] or [b, G, N, L]) as contiguous [b, G, L, N]."""
+    t = t.unsqueeze(1) if t.dim() == 3 else t
+    return t.to(dtype).transpose(2, 3).contiguous()
+
+
+def _back_to(g: Tensor, like: Tensor) -> Tensor:
+    g = g.transpose(2, 3)                                   # [b, G, N, L]
+    return (g[:, 0] if like.dim() == 3 else g).to(like.dtype)
+
+
+class _CoreScan(torch.autograd.Function):
+    """y = core(u, dt, A, B, C) with the compiled forward and backward."""
+
+    @staticmethod
+    def forward(ctx, u, dt, A, B, C):
+        ct = u.dtype
+        Bt, Ct = _time_major_groups(B, ct), _time_major_groups(C, ct)
+        u_c, dt_c, A_c = u.contiguous(), dt.contiguous(), A.to(ct).contiguous()
+        y = load().forward(u_c, dt_c, A_c, Bt, Ct)
+        ctx.save_for_backward(u_c, dt_c, A_c, Bt, Ct)
+        ctx.like = (A, B, C)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        u, dt, A, Bt, Ct = ctx.saved_tensors
+        A0, B0, C0 = ctx.like
+        batch, groups = u.shape[0], Bt.shape[1]
+        # enough work items for every thread even at batch 1 (partials are summed afterwards)
+        splits = max(1, -(-2 * torch.get_num_threads() // (batch * groups)))
+        du, ddt, dA, dB, dC = load().backward(u, dt, A, Bt, Ct, grad_y.to(u.dtype), splits)
+        return du, ddt, dA.to(A0.dtype), _back_to(dB, B0), _back_to(dC, C0)
+
+
+def scan_cpp(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+             D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+             delta_bias: Optional[Tensor] = None, delta_softplus: bool = False) -> Tensor:
+    """The selective scan through the compiled kernel; differentiable (gradients flow to every
+    input through the kernel's backward and autograd for the elementwise parts)."""
+    ct = torch.float64 if u.dtype == torch.float64 else torch.float32
+    dt = delta.to(ct)
+    if delta_bias is not None:
+        dt = dt + delta_bias.to(ct)[:, None]
+    if delta_softplus:
+        dt = F.softplus(dt)
+    uu = u.to(ct)
+    y = _CoreScan.apply(uu, dt, A, B, C)
+    if D is not None:
+        y = y + uu * D.to(ct)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(ct))
+    return y
