@@ -18,13 +18,19 @@ released models compute and is not reproduced. Configurations other than the rel
 (RoPE, a class token at the front or none, two class tokens, LayerNorm, bimamba v1) are refused
 by name rather than approximated.
 
-Token-reduction sites for Vim (order-aware sequences) are not installed yet: ``compare`` and
-``apply`` refuse a Vim with "no site adapter" until they are.
+Token-reduction sites: ``layers.i`` is the residual stream after block i's mixer (what block
+i + 1 adds up and normalises), for every block but the last; an order-sensitive ``sequence`` site
+(``tokenred.sites``): the reducer gets the class token as the one prefix token and each patch's
+position, the site puts the output back in ascending position order with the class token where
+the reducer says (default: the middle, M // 2 of the M patches left) and the head reads it there.
+A reduction of the sum is the reduction of both streams: merging and gathering are linear, so
+merging mixer output and residual separately (as R-MeeTo and ToP-ViM do) gives the same sum up to
+float rounding. Site quantities: ``metric`` (the block's mixer output) and ``backward_output``.
 """
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +40,8 @@ from torch import nn
 from tokenred.checkpoint import CheckpointError
 from tokenred.kernels import check_backend, selective_scan
 from tokenred.registry import register_backbone
+from tokenred.sites import (SequenceContext, SequenceState, SequenceTokens, Site,
+                            SiteQuantityError, in_sequence_order, register_site_adapter, take_tokens)
 
 
 class RMSNorm(nn.Module):
@@ -63,6 +71,8 @@ class BiMambaMixer(nn.Module):
         self.divide_out = divide_out
         # None: the process default (tokenred.kernels.set_default_backend) decides at call time
         self.scan_backend = check_backend(scan_backend) if scan_backend is not None else None
+        self.keep_backward_output = False
+        self.backward_output: Optional[torch.Tensor] = None
         e, r, n = self.d_inner, self.dt_rank, d_state
         self.in_proj = nn.Linear(dim, 2 * e, bias=False)
         for suffix in ("", "_b"):   # each direction's own parameters, named as officially
@@ -109,6 +119,8 @@ class BiMambaMixer(nn.Module):
         x, z = xz.chunk(2, dim=1)
         y = self._branch(x, z, "")
         y_b = self._branch(x.flip(-1), z.flip(-1), "_b").flip(-1)
+        if self.keep_backward_output:   # a site's ToP-ViM score reads it (sequence order)
+            self.backward_output = y_b
         y = (y + y_b) / 2 if self.divide_out else y + y_b
         return F.linear(y.transpose(1, 2).to(u.dtype), self.out_proj.weight)
 
@@ -262,3 +274,107 @@ for _name, (_official, _config) in CONFIGS.items():
     register_backbone(_official, family="vim", doc=f"= {_name}")(_factory)
 
 __all__ = ["VisionMamba", "BiMambaMixer", "VimBlock", "RMSNorm", "from_official_config", "CONFIGS"]
+
+
+# --------------------------------------------------------------------------------------------
+# token-reduction sites
+# --------------------------------------------------------------------------------------------
+#: the site quantities a Vim block gives (see the module docstring)
+SITE_QUANTITIES = frozenset({"metric", "backward_output"})
+
+
+def middle_slot(num_patches: int) -> int:
+    """Vim's class-token place among ``num_patches`` patches: M // 2."""
+    return num_patches // 2
+
+
+class VimAdapter:
+    def __init__(self, model: VisionMamba):
+        self.model = model
+
+    def sites(self) -> list[Site]:
+        return [Site(name=f"layers.{i}", kind="sequence", stage=0, block=i, index_in_stage=i,
+                     num_prefix_tokens=1) for i in range(len(self.model.layers) - 1)]
+
+    def install(self, reducer: Any, sites: Sequence[Site]) -> "VimInstallation":
+        return VimInstallation(self.model, reducer, list(sites))
+
+
+class VimInstallation:
+    """Replaces ``forward_features`` with one that hands the residual stream to the reducer after
+    each selected block; ``remove`` deletes the instance attributes again."""
+
+    def __init__(self, model: VisionMamba, reducer: Any, sites: list[Site]):
+        self.model, self.reducer = model, reducer
+        self.state = SequenceState()
+        missing = sorted(set(getattr(reducer, "requires", ())) - SITE_QUANTITIES)
+        if missing:
+            raise SiteQuantityError(f"{reducer.name} needs {', '.join(missing)}: a Vim block gives "
+                                    f"{sorted(SITE_QUANTITIES)} (no attention)")
+        self._at_block = {s.block: (i, s) for i, s in enumerate(sites)}
+        self._num_sites = len(sites)
+        keep_backward = "backward_output" in getattr(reducer, "requires", ())
+        self._mixers = [model.layers[s.block].mixer for s in sites] if keep_backward else []
+        for mixer in self._mixers:
+            mixer.keep_backward_output = True
+        model.forward_features = self._forward_features
+
+    def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        model, state = self.model, self.state
+        state.reset()
+        self.reducer.begin_forward()
+        hidden, residual = model.embed(x), None
+        batch, length = hidden.shape[:2]
+        slot = state.class_slot = model.cls_position
+        patch = torch.arange(length, device=hidden.device)
+        state.positions = torch.where(patch < slot, patch, patch - 1).masked_fill(
+            patch == slot, -1).expand(batch, -1)
+        if self.reducer.trace_source:
+            state.source = torch.eye(length, device=hidden.device, dtype=hidden.dtype).expand(
+                batch, -1, -1)
+        for i, layer in enumerate(model.layers):
+            hidden, residual = layer(hidden, residual)
+            if i in self._at_block:
+                stream = residual + layer.drop_path(hidden).float()
+                stream, slot = self._reduce(stream, hidden, layer.mixer, i, slot)
+                # the next block adds nothing more: the whole stream is in the residual
+                hidden, residual = stream.new_zeros(stream.shape, dtype=hidden.dtype), stream
+        residual = residual + model.layers[-1].drop_path(hidden).float()
+        return model.norm_f(residual.to(hidden.dtype))[:, slot]
+
+    def _reduce(self, stream: torch.Tensor, hidden: torch.Tensor, mixer: nn.Module, block: int,
+                slot: int) -> tuple[torch.Tensor, int]:
+        state, reducer = self.state, self.reducer
+        index, site = self._at_block[block]
+        length = stream.shape[1]
+        # the class token first (the one prefix token), then the patches in sequence order
+        front = torch.cat([torch.tensor([slot]), torch.arange(slot),
+                           torch.arange(slot + 1, length)]).to(stream.device)
+        sequence_order = torch.empty_like(front)
+        sequence_order[front] = torch.arange(length, device=stream.device)
+        tokens = SequenceTokens(stream, state.size, state.source, None, state.positions).take(front)
+        providers = {"metric": lambda: take_tokens(hidden, front)}
+        if mixer.keep_backward_output:
+            providers["backward_output"] = lambda: take_tokens(
+                mixer.backward_output.transpose(1, 2), front)
+        ctx = SequenceContext(site, index, self._num_sites, class_token=True, distill_token=False,
+                              trace_source=reducer.trace_source, providers=providers,
+                              placement=getattr(reducer, "sequence_placement", "attention"),
+                              depth=len(self.model.layers), num_patches=self.model.num_patches,
+                              order_sensitive=True, sequence_order=sequence_order)
+        out = reducer.reduce_sequence(tokens, ctx)
+        if out is tokens:          # nothing reduced: the stream as it was
+            state.tokens[site.name], state.class_slots[site.name] = length, slot
+            return stream, slot
+        ordered, slot = in_sequence_order(out, 1, middle_slot)
+        state.record(site, ordered, slot)
+        return ordered.x, slot
+
+    def remove(self) -> None:
+        self.model.__dict__.pop("forward_features", None)
+        for mixer in self._mixers:
+            mixer.keep_backward_output = False
+            mixer.backward_output = None
+
+
+register_site_adapter(VisionMamba, VimAdapter)

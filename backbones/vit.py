@@ -24,33 +24,12 @@ from torch import nn
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 
 from tokenred.checkpoint import register_checkpoint_filter
-from tokenred.sites import (SEQUENCE_PLACEMENTS, SequenceContext, SequenceTokens, Site,
-                            SiteQuantityError, UnsupportedModelError, register_site_adapter)
+from tokenred.sites import (SEQUENCE_PLACEMENTS, SequenceContext, SequenceState, SequenceTokens,
+                            Site, SiteQuantityError, UnsupportedModelError, register_site_adapter)
 
 _BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
 _ATTN_PARTS = ("qkv", "num_heads", "head_dim", "q_norm", "k_norm", "attn_drop", "proj", "proj_drop",
                "fused_attn", "scale")
-
-
-class SequenceState:
-    """Token bookkeeping for one forward: size/source/mask of the current tokens, token counts,
-    and (with source tracking) each site's output sources."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.size: Optional[torch.Tensor] = None
-        self.source: Optional[torch.Tensor] = None
-        self.mask: Optional[torch.Tensor] = None
-        self.tokens: dict[str, int] = {}  # site name -> tokens leaving that site
-        self.site_sources: dict[str, torch.Tensor] = {}   # site name -> [B, T, T0] (tracing)
-        self.last_attention: Optional[tuple] = None       # (q, k, bias, scale) of a captured block
-
-    @property
-    def tokens_out(self) -> Optional[int]:
-        """Tokens leaving the last selected site (what the rest of the network runs on)."""
-        return list(self.tokens.values())[-1] if self.tokens else None
 
 
 def attention_with_keys(attn: nn.Module) -> Callable:
@@ -269,10 +248,7 @@ class ViTInstallation:
                               depth=len(self.model.blocks),
                               num_patches=int(self.model.patch_embed.num_patches))
         out = reducer.reduce_sequence(SequenceTokens(x, state.size, state.source, state.mask), ctx)
-        state.size, state.source, state.mask = out.size, out.source, out.mask
-        state.tokens[site.name] = int(out.x.shape[1])
-        if out.source is not None:
-            state.site_sources[site.name] = out.source
+        state.record(site, out)
         return out.x
 
     def _weighted_pool(self, original: Callable) -> Callable:

@@ -110,8 +110,7 @@ class RandomDrop(Reducer):
         idx = random_keep_indices(B, n, keep, self._generator, tokens.x.device) + P
         prefix = torch.arange(P, device=idx.device).expand(B, P)
         idx = torch.cat([prefix, idx], dim=1)
-        return SequenceTokens(take_tokens(tokens.x, idx), take_tokens(tokens.size, idx),
-                              take_tokens(tokens.source, idx))
+        return tokens.take(idx)
 
     def reduce_grid(self, x: torch.Tensor, ctx: GridContext) -> Any:
         batch, height, width, c = (int(d) for d in x.shape)

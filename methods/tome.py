@@ -294,7 +294,10 @@ class ToMe(Reducer):
         merge, _ = bipartite_soft_matching(ctx.metric, r, ctx.num_prefix_tokens)
         source = merge_source(merge, tokens.source) if tokens.source is not None else None
         x, size = merge_wavg(merge, tokens.x, tokens.size)
-        return SequenceTokens(x, size, source)
+        # (order-sensitive backbones) a merged token sits at the first patch it holds
+        positions = (None if tokens.positions is None
+                     else merge(tokens.positions[..., None], mode="amin")[..., 0])
+        return SequenceTokens(x, size, source, positions=positions)
 
     def reduce_grid(self, x: torch.Tensor, ctx: GridContext) -> Any:
         batch, height, width, c = (int(d) for d in x.shape)

@@ -20,8 +20,9 @@ def clean_registry(monkeypatch):
 
 def test_builtins_listed():
     assert {"none", "tome", "random_drop", "evit", "topk", "ats", "pitome", "kmedoids",
-            "kmedoids_weighted", "dpc_knn", "quartermap"} <= set(tokenred.list_methods())
-    assert tokenred.list_methods("t*") == ["tome", "topk"]
+            "kmedoids_weighted", "dpc_knn", "quartermap", "rmeeto", "topvim"
+            } <= set(tokenred.list_methods())
+    assert tokenred.list_methods("t*") == ["tome", "topk", "topvim"]
     assert tokenred.list_methods("kmedoids*") == ["kmedoids", "kmedoids_weighted"]
 
 

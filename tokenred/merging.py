@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .sites import SequenceTokens, take_tokens
+from .sites import SequenceTokens, take_per_token, take_tokens
 
 
 def with_prefix(prefix: int, index: torch.Tensor) -> torch.Tensor:
@@ -36,7 +36,9 @@ def merge_weighted(tokens: SequenceTokens, keep: torch.Tensor, merged: torch.Ten
         source = take_tokens(tokens.source, keep).scatter_reduce(
             1, dst.expand(-1, -1, tokens.source.shape[-1]), take_tokens(tokens.source, merged),
             reduce="amax")
-    return SequenceTokens(out / out_size, out_size, source)
+    # (order-sensitive backbones) a kept token stays where it was; merged ones join it there
+    return SequenceTokens(out / out_size, out_size, source,
+                          positions=take_per_token(tokens.positions, keep))
 
 
 def clustered(tokens: SequenceTokens, prefix: int, x_clusters: torch.Tensor,
@@ -56,8 +58,15 @@ def clustered(tokens: SequenceTokens, prefix: int, x_clusters: torch.Tensor,
         members = src.new_zeros(batch, clusters, src.shape[-1]).scatter_reduce(
             1, into.expand(-1, -1, src.shape[-1]), src[:, prefix:], reduce="amax")
         source = torch.cat([src[:, :prefix], members], dim=1)
+    positions = None
+    if tokens.positions is not None:   # a cluster sits at the first patch it holds
+        pos = tokens.positions
+        first = pos.new_full((batch, clusters), torch.iinfo(pos.dtype).max).scatter_reduce(
+            1, assignment, pos[:, prefix:], reduce="amin")
+        positions = torch.cat([pos[:, :prefix], first], dim=1)
     return SequenceTokens(torch.cat([x[:, :prefix], x_clusters], dim=1),
-                          torch.cat([size[:, :prefix], cluster_size], dim=1), source)
+                          torch.cat([size[:, :prefix], cluster_size], dim=1), source,
+                          positions=positions)
 
 
 def cosine_matrix(metric: torch.Tensor) -> torch.Tensor:

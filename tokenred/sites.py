@@ -39,19 +39,65 @@ class Site:
 
 @dataclass
 class SequenceTokens:
-    """Tokens at a ``sequence`` site.
+    """Tokens at a ``sequence`` site, protected (prefix) tokens first.
 
     x: [B, T, C]. size: [B, T, 1] number of original tokens each token stands for (None = all 1).
     source: [B, T, T0] 0/1 membership of original tokens (None unless source tracking is on).
     mask: [B, T] bool, True for real tokens (None = all real). A method that keeps a different
     number of tokens per image (ATS) pads the batch at the end and marks the padding False; the
     backbone then hides padded tokens from every later attention and from pooling.
+
+    Order-sensitive backbones (a scan: ``SequenceContext.order_sensitive``) also hand over
+    ``positions`` [B, T] long: the original patch index each token stands at (-1 for protected
+    tokens). A reducer carries them like ``size`` (``take`` does); a merged token sits where the
+    method says (ToMe: the first patch it holds, R-MeeTo: its destination's place). After the
+    reducer the backbone puts the tokens back in ascending position order, with its protected token
+    at ``protected_slot`` (an index among the output tokens in sequence order; None: the backbone's
+    own rule, e.g. Vim's middle M // 2).
     """
 
     x: torch.Tensor
     size: Optional[torch.Tensor] = None
     source: Optional[torch.Tensor] = None
     mask: Optional[torch.Tensor] = None
+    positions: Optional[torch.Tensor] = None
+    protected_slot: Optional[int] = None
+
+    def take(self, index: torch.Tensor) -> "SequenceTokens":
+        """The tokens at ``index`` ([K] or [B, K]), every per-token field alike."""
+        return SequenceTokens(take_tokens(self.x, index), take_tokens(self.size, index),
+                              take_tokens(self.source, index), take_per_token(self.mask, index),
+                              take_per_token(self.positions, index))
+
+
+def take_per_token(t: Optional[torch.Tensor], index: torch.Tensor) -> Optional[torch.Tensor]:
+    """``take_tokens`` for per-token values without a channel dim ([B, T]: mask, positions)."""
+    return None if t is None else take_tokens(t[..., None], index)[..., 0]
+
+
+def in_sequence_order(tokens: SequenceTokens, num_protected: int,
+                      default_slot: Callable[[int], int]) -> tuple[SequenceTokens, int]:
+    """A reducer's output (protected tokens first, the rest in any order) laid out as an
+    order-sensitive backbone scans it: the unprotected tokens sorted by ``positions`` (stable),
+    the protected token(s) inserted at ``tokens.protected_slot`` or, when the reducer left it
+    None, at ``default_slot(number of unprotected tokens)``. Returns the tokens and the slot."""
+    if tokens.positions is None:
+        raise SiteQuantityError("the reducer returned no token positions; an order-sensitive "
+                                "backbone needs them (carry SequenceTokens.positions, e.g. with "
+                                "SequenceTokens.take)")
+    if tokens.mask is not None:
+        raise SiteQuantityError("per-image token counts (a padding mask) cannot run through an "
+                                "order-sensitive scan")
+    rest = tokens.positions[:, num_protected:]
+    order = rest.argsort(dim=1, stable=True) + num_protected
+    m = int(rest.shape[1])
+    slot = tokens.protected_slot if tokens.protected_slot is not None else default_slot(m)
+    if not 0 <= slot <= m:
+        raise SiteQuantityError(f"protected_slot={slot} is outside 0..{m}")
+    batch = order.shape[0]
+    head = torch.arange(num_protected, device=order.device).expand(batch, -1)
+    index = torch.cat([order[:, :slot], head, order[:, slot:]], dim=1)
+    return tokens.take(index), slot
 
 
 #: where in a sequence block a reducer works (``Reducer.sequence_placement``)
@@ -66,6 +112,42 @@ def take_tokens(x: Optional[torch.Tensor], index: torch.Tensor) -> Optional[torc
     if index.dim() == 1:
         return x.index_select(1, index)
     return x.gather(1, index[..., None].expand(-1, -1, x.shape[-1]))
+
+
+class SequenceState:
+    """Token bookkeeping of a sequence installation for one forward (reset at its start): the
+    current tokens' size/source/mask (and, on order-sensitive backbones, positions and where the
+    class token sits), the tokens leaving each site and, with source tracking, each site's output
+    sources. ``Handle.state`` is this object."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.size: Optional[torch.Tensor] = None
+        self.source: Optional[torch.Tensor] = None
+        self.mask: Optional[torch.Tensor] = None
+        self.positions: Optional[torch.Tensor] = None
+        self.class_slot: Optional[int] = None
+        self.tokens: dict[str, int] = {}  # site name -> tokens leaving that site
+        self.class_slots: dict[str, int] = {}   # site name -> class-token place after it (scans)
+        self.site_sources: dict[str, torch.Tensor] = {}   # site name -> [B, T, T0] (tracing)
+        self.last_attention: Optional[tuple] = None       # (q, k, bias, scale) of a captured block
+
+    @property
+    def tokens_out(self) -> Optional[int]:
+        """Tokens leaving the last selected site (what the rest of the network runs on)."""
+        return list(self.tokens.values())[-1] if self.tokens else None
+
+    def record(self, site: "Site", tokens: SequenceTokens, class_slot: Optional[int] = None) -> None:
+        """What a site's reducer handed back becomes the current token state."""
+        if class_slot is not None:
+            self.class_slot = self.class_slots[site.name] = class_slot
+        self.size, self.source, self.mask = tokens.size, tokens.source, tokens.mask
+        self.positions = tokens.positions
+        self.tokens[site.name] = int(tokens.x.shape[1])
+        if tokens.source is not None:
+            self.site_sources[site.name] = tokens.source
 
 
 class SiteQuantityError(ValueError):
@@ -85,7 +167,15 @@ class SequenceContext:
       matrix (EViT, Top-K, ATS);
     * ``values`` — the attention's value vectors, heads concatenated, [B, T, H·head_dim] (ATS);
     * ``received_attention`` — at a block's input: the attention each token received in the
-      previous block, summed over heads and queries, [B, T] (weighted K-Medoids; O(T²)).
+      previous block, summed over heads and queries, [B, T] (weighted K-Medoids; O(T²));
+    * ``backward_output`` — on a bidirectional scan (Vim): the backward branch's inner output of
+      the block just run (gated, with the D skip, before the averaging and out_proj), [B, T, E]
+      in the tokens' order (ToP-ViM's score).
+
+    ``order_sensitive``: the backbone scans the tokens in order (see ``SequenceTokens``); there
+    ``sequence_order`` [T] lists, for each place of the backbone's own sequence, which of the
+    handed-over tokens sits there (protected ones included), for methods whose official rule is
+    written in sequence positions.
 
     A quantity the site cannot give raises ``SiteQuantityError`` naming it.
     """
@@ -93,8 +183,11 @@ class SequenceContext:
     def __init__(self, site: Site, index: int, num_selected: int, *, class_token: bool,
                  distill_token: bool, metric_fn: Optional[Callable[[], torch.Tensor]] = None,
                  trace_source: bool, providers: Optional[dict] = None, placement: str = "attention",
-                 depth: Optional[int] = None, num_patches: Optional[int] = None):
+                 depth: Optional[int] = None, num_patches: Optional[int] = None,
+                 order_sensitive: bool = False, sequence_order: Optional[torch.Tensor] = None):
         self.site = site
+        self.order_sensitive = order_sensitive
+        self.sequence_order = sequence_order
         self.depth = depth                  # blocks in the network (depth-scaled schedules)
         self.num_patches = num_patches      # non-prefix tokens entering the network
         self.index = index                  # position of this site among the selected ones
@@ -134,6 +227,13 @@ class SequenceContext:
     @property
     def received_attention(self) -> torch.Tensor:
         return self._get("received_attention")
+
+    @property
+    def backward_output(self) -> torch.Tensor:
+        return self._get("backward_output")
+
+    def provides(self, name: str) -> bool:
+        return name in self._providers
 
 
 class GridContext:
