@@ -326,6 +326,8 @@ class VimInstallation:
         hidden, residual = model.embed(x), None
         batch, length = hidden.shape[:2]
         slot = state.class_slot = model.cls_position
+        state.patch_grid = model.grid
+        state.patch_columns = torch.cat([torch.arange(slot), torch.arange(slot + 1, length)])
         patch = torch.arange(length, device=hidden.device)
         state.positions = torch.where(patch < slot, patch, patch - 1).masked_fill(
             patch == slot, -1).expand(batch, -1)

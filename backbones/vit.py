@@ -164,6 +164,9 @@ class ViTInstallation:
 
     def _begin_forward(self, *_: Any) -> None:
         self.state.reset()
+        prefix, grid = int(self.model.num_prefix_tokens), self.model.patch_embed.grid_size
+        self.state.patch_grid = tuple(grid) if grid is not None else None
+        self.state.patch_columns = torch.arange(prefix, prefix + int(self.model.patch_embed.num_patches))
         self.reducer.begin_forward()
 
     def _check_requirements(self, sites: list[Site], placement: str) -> None:

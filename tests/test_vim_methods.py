@@ -2,6 +2,7 @@
 official code (``vim_methods_mini.pt``), both in their default (paper-intent, per image) and
 ``official=true`` forms, and the other sequence methods running through the same contract."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -216,3 +217,23 @@ def test_none_on_vim_is_the_plain_forward_and_attention_methods_are_refused():
     for method in ("evit", "ats"):
         with pytest.raises(SiteQuantityError, match="cls_attention"):
             tokenred.apply(m, method)
+
+
+@pytest.mark.parametrize("method", ["rmeeto:r=3", "topvim", "tome:r=2"])
+def test_visualize_draws_which_patches_each_vim_token_holds(method, tmp_path):
+    from tokenred.visualize import token_groups, visualize
+
+    from tokenred.reference import PBC_SAMPLE_DIR
+
+    image = sorted(Path(PBC_SAMPLE_DIR).glob("*/*.jpg"))[0]
+    groups = token_groups("vim_tiny", method, str(image), input_size=96)   # 6x6 patches
+    assert groups.groups.shape == (6, 6) and groups.patch == 16
+    held = groups.groups[groups.groups >= 0]
+    assert len(set(held.tolist())) == groups.num_tokens < 36
+    if method.startswith("topvim"):       # pruning: dropped patches, the rest their own token
+        assert (groups.groups < 0).any() and len(held) == groups.num_tokens
+    else:                                 # merging: every patch still held, some together
+        assert (groups.groups >= 0).all()
+    out = tmp_path / "vim.png"
+    visualize("vim_tiny", method, str(image), str(out), input_size=96)
+    assert out.stat().st_size > 0

@@ -131,6 +131,10 @@ class SequenceState:
         self.class_slot: Optional[int] = None
         self.tokens: dict[str, int] = {}  # site name -> tokens leaving that site
         self.class_slots: dict[str, int] = {}   # site name -> class-token place after it (scans)
+        # set by the adapter for drawing: the patch grid (rows, cols) and which columns of
+        # ``source`` are its patches, row-major (the others are protected tokens)
+        self.patch_grid: Optional[tuple[int, int]] = None
+        self.patch_columns: Optional[torch.Tensor] = None
         self.site_sources: dict[str, torch.Tensor] = {}   # site name -> [B, T, T0] (tracing)
         self.last_attention: Optional[tuple] = None       # (q, k, bias, scale) of a captured block
 

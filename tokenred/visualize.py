@@ -61,20 +61,24 @@ def _model_input(model: Any, image_path: str, input_size: int) -> tuple[torch.Te
     return x, (x[0] * std + mean).clamp(0, 1).permute(1, 2, 0).numpy()
 
 
+def _built_size(model: Any) -> Optional[int]:
+    """The input size a sequence backbone was built for (its position embedding's), if it says."""
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    size = getattr(model, "img_size", None) if size is None else size
+    if isinstance(size, (tuple, list)):
+        size = size[0]
+    return int(size) if isinstance(size, int) else None
+
+
 def token_groups(backbone: str, method: str, image_path: str, input_size: int = 224,
                  checkpoint: Optional[str] = None, pretrained: bool = False,
                  model: Any = None) -> TokenGroups:
 
     if model is None:
         model = create_backbone(backbone, pretrained=pretrained, checkpoint=checkpoint)
-    grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)
-    if grid is None:
-        raise ValueError(f"token_groups draws sequence (ViT) backbones; {backbone} has no patch "
-                         f"grid (grid backbones: grid_groups)")
-    if tuple(model.patch_embed.img_size) != (input_size, input_size):
+    if _built_size(model) not in (None, input_size):
         model = create_backbone(backbone, pretrained=pretrained, checkpoint=checkpoint,
                                 img_size=input_size)
-        grid = model.patch_embed.grid_size
     x, image = _model_input(model, image_path, input_size)
     name, params = parse_method_spec(method)
     where = params.pop("where", None)
@@ -82,20 +86,22 @@ def token_groups(backbone: str, method: str, image_path: str, input_size: int = 
     handle.reducer.trace_source = True      # every sequence site keeps [B, T, T0] membership
     with torch.inference_mode():
         model(x)
-    source = handle.state.source
+    state = handle.state
     handle.remove()
-    gh, gw = grid
-    prefix = model.num_prefix_tokens
+    if state.patch_grid is None:
+        raise ValueError(f"token_groups draws sequence backbones with a patch grid; {backbone} "
+                         f"has none (grid backbones: grid_groups)")
+    (gh, gw), columns, source = state.patch_grid, state.patch_columns, state.source
     groups = np.full(gh * gw, -1, dtype=np.int64)
     if source is None:                      # nothing was reduced: every patch is its own token
         groups[:] = np.arange(gh * gw)
         n_tokens = gh * gw
     else:
-        membership = source[0, :, prefix:].float()        # [T, patches]
+        membership = source[0][:, columns].float()        # [T, patches]
         holders = membership.argmax(0)
         held = membership.sum(0) > 0
         groups[held.numpy()] = holders[held].numpy()
-        n_tokens = int(source.shape[1] - prefix)
+        n_tokens = int(source.shape[1] - (source.shape[2] - len(columns)))
     return TokenGroups(image, groups.reshape(gh, gw), input_size // gh, n_tokens)
 
 
