@@ -185,7 +185,7 @@ class ViTInstallation:
     def _block_forward(self, blk: nn.Module, site: Optional[Site], index: Optional[int],
                        num_sites: int, placement: str, capture: bool) -> Callable:
         original = type(blk).forward.__get__(blk)
-        state, reducer = self.state, self.reducer
+        state = self.state
         attention = attention_with_keys(blk.attn)
         scale = float(blk.attn.head_dim ** -0.5)
         at_input, after_attention = (site is not None and placement == "block_input",

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from tokenred.kernels import scan_reference, scan_torch_autograd
+from tokenred.kernels import scan_cpp, scan_reference, scan_torch_autograd
 from tokenred.report import write_json
 from tokenred.timing import environment
 
@@ -59,21 +59,32 @@ def main() -> int:
     for label, dim, n, length in SHAPES:
         inputs = make_inputs(args.batch_size, dim, n, length)
         grad_out = torch.randn(args.batch_size, dim, length, generator=torch.Generator().manual_seed(1))
-        times = {"torch": [], "reference": []}
+        fns = {"torch": scan_torch_autograd, "reference": scan_reference}
+        if scan_cpp.available():                # the compiled CPU kernel and its backward
+            fns["cpp"] = scan_cpp.scan_cpp
+        times = {name: [] for name in fns}
         grads = {}
-        for _ in range(args.rounds):            # interleaved: both see the same machine state
-            for name, fn in (("torch", scan_torch_autograd), ("reference", scan_reference)):
+        for _ in range(args.rounds):            # interleaved: all see the same machine state
+            for name, fn in fns.items():
                 t0 = time.perf_counter()
                 grads[name] = step(fn, inputs, grad_out)
                 times[name].append((time.perf_counter() - t0) * 1e3)
-        err = max(((grads["torch"][k] - grads["reference"][k]).abs().max()
-                   / grads["reference"][k].abs().max()).item() for k in NAMES)
+        err = {name: max(((grads[name][k] - grads["reference"][k]).abs().max()
+                          / grads["reference"][k].abs().max()).item() for k in NAMES)
+               for name in fns if name != "reference"}
         med = {k: statistics.median(v) for k, v in times.items()}
         ratio = med["reference"] / med["torch"]
-        rows.append({"shape": label, "torch_ms": med["torch"], "reference_ms": med["reference"],
-                     "ratio": ratio, "max_rel_diff_grad": err})
+        row = {"shape": label, "torch_ms": med["torch"], "reference_ms": med["reference"],
+               "ratio": ratio, "max_rel_diff_grad": err["torch"]}
+        cpp = ""
+        if "cpp" in med:
+            row.update(cpp_ms=med["cpp"], ratio_cpp=med["reference"] / med["cpp"],
+                       max_rel_diff_grad_cpp=err["cpp"])
+            cpp = (f"   cpp {med['cpp']:8.1f} ms {row['ratio_cpp']:6.1f}x (grad rel diff "
+                   f"{err['cpp']:.1e})")
+        rows.append(row)
         print(f"{label:<18} torch {med['torch']:9.1f} ms   loop {med['reference']:9.1f} ms   "
-              f"{ratio:6.1f}x   max grad rel diff {err:.1e}", flush=True)
+              f"{ratio:6.1f}x   max grad rel diff {err['torch']:.1e}{cpp}", flush=True)
     if args.json:
         write_json(args.json, {"env": env, "batch_size": args.batch_size, "rows": rows})
     return 0

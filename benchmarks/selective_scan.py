@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from tokenred.kernels import mamba_ssm_available, scan_reference, selective_scan
+from tokenred.kernels import mamba_ssm_available, scan_cpp, scan_reference, selective_scan
 from tokenred.report import write_json
 from tokenred.timing import environment
 
@@ -72,6 +72,8 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     backends = ["torch", "reference"] + (["mamba_ssm"] if device.type == "cuda"
                                          and mamba_ssm_available() else [])
+    if device.type == "cpu" and scan_cpp.available():   # the compiled CPU kernel
+        backends.insert(1, "cpp")
     env = environment(device, torch.float32, False)
     print(f"selective scan, batch {args.batch_size}, fp32, {env['device_name']} ({device.type}), "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}; median of "
@@ -101,10 +103,14 @@ def main() -> int:
                 row["speedup_torch_vs_reference"] = med["reference"] / med["torch"]
             if "mamba_ssm" in med:
                 row["torch_vs_mamba_ssm"] = med["torch"] / med["mamba_ssm"]
+            if "cpp" in med and "reference" in med:
+                row["speedup_cpp_vs_reference"] = med["reference"] / med["cpp"]
             rows.append(row)
             cells = "  ".join(f"{b} {m:8.2f} ms" for b, m in med.items())
             ratio = (f"  reference/torch {row['speedup_torch_vs_reference']:6.1f}x"
                      if "speedup_torch_vs_reference" in row else "")
+            ratio += (f"  reference/cpp {row['speedup_cpp_vs_reference']:6.1f}x"
+                      if "speedup_cpp_vs_reference" in row else "")
             print(f"{label:<26} {cells}{ratio}  max rel err {max(err.values()):.1e}")
     if args.json:
         write_json(args.json, {"args": vars(args), "env": env, "rows": rows})

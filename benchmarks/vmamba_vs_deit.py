@@ -20,7 +20,7 @@ import sys
 import torch
 
 import tokenred
-from tokenred.kernels import mamba_ssm_available
+from tokenred.kernels import mamba_ssm_available, scan_cpp
 from tokenred.report import write_json
 from tokenred.timing import benchmark_interleaved, paired_ratio
 
@@ -43,6 +43,8 @@ def main() -> int:
     torch.manual_seed(0)
     models = {"deit_small_patch16_224": tokenred.create_backbone("deit_small_patch16_224"),
               f"{args.vmamba} (torch scan)": tokenred.create_backbone(args.vmamba, scan_backend="torch")}
+    if not cuda and scan_cpp.available():        # the compiled CPU scan
+        models[f"{args.vmamba} (cpp scan)"] = tokenred.create_backbone(args.vmamba, scan_backend="cpp")
     if args.reference == "yes" or (args.reference == "auto" and not cuda):
         models[f"{args.vmamba} (reference loop)"] = tokenred.create_backbone(
             args.vmamba, scan_backend="reference")

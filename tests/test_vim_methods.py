@@ -184,7 +184,7 @@ def test_topvim_official_refuses_an_even_token_count():
 # -- the order-aware contract with the other methods ------------------------------------------
 @pytest.mark.parametrize("method,params", [
     ("tome", {"r": 4}), ("random_drop", {}), ("pitome", {}), ("kmedoids", {}),
-    ("rmeeto", {}), ("topvim", {})])
+    ("dpc_knn", {}), ("rmeeto", {}), ("topvim", {})])
 def test_sequence_methods_leave_tokens_in_order_with_the_class_token_in_the_middle(method, params):
     torch.manual_seed(0)
     m = tokenred.create_backbone("vim_tiny", img_size=64, patch_size=8, stride=8, embed_dim=32,
