@@ -21,9 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from timm.layers import DropPath
 
-from tokenred.backbones.vmamba import (SS2D, GridAdapter, PatchMerging2D, _init_weights, _linspace,
-                                       eval_data_config,
-                                       pin_scan_backend)
+from tokenred.layers.ss2d import (SS2D, GridAdapter, PatchMerging2D, _init_weights, _linspace,
+                                  imagenet_eval_config, pin_scan_backend)
 from tokenred.checkpoint import CheckpointError
 from tokenred.kernels import check_backend
 from tokenred.registry import register_backbone
@@ -75,7 +74,7 @@ class MedMamba(nn.Module):
             check_backend(scan_backend)
         self.num_classes = num_classes
         self.num_features = dims[-1]
-        self.pretrained_cfg = eval_data_config(num_classes)
+        self.pretrained_cfg = imagenet_eval_config(num_classes)
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv2d(in_chans, dims[0], patch_size, patch_size)
         self.patch_embed.norm = nn.LayerNorm(dims[0]) if patch_norm else nn.Identity()

@@ -41,7 +41,8 @@ from tokenred.checkpoint import CheckpointError
 from tokenred.kernels import check_backend, selective_scan
 from tokenred.registry import register_backbone
 from tokenred.sites import (SequenceContext, SequenceState, SequenceTokens, Site,
-                            SiteQuantityError, in_sequence_order, register_site_adapter, take_tokens)
+                            SiteQuantityError, in_sequence_order, register_site_adapter,
+                            reset_every_forward, take_tokens)
 
 
 class RMSNorm(nn.Module):
@@ -317,12 +318,11 @@ class VimInstallation:
         self._mixers = [model.layers[s.block].mixer for s in sites] if keep_backward else []
         for mixer in self._mixers:
             mixer.keep_backward_output = True
+        self._remove_reset = reset_every_forward(model.patch_embed.proj, self.state, reducer)
         model.forward_features = self._forward_features
 
     def _forward_features(self, x: torch.Tensor) -> torch.Tensor:
         model, state = self.model, self.state
-        state.reset()
-        self.reducer.begin_forward()
         hidden, residual = model.embed(x), None
         batch, length = hidden.shape[:2]
         slot = state.class_slot = model.cls_position
@@ -373,6 +373,7 @@ class VimInstallation:
         return ordered.x, slot
 
     def remove(self) -> None:
+        self._remove_reset()
         self.model.__dict__.pop("forward_features", None)
         for mixer in self._mixers:
             mixer.keep_backward_output = False

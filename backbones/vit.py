@@ -25,7 +25,8 @@ from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_
 
 from tokenred.checkpoint import register_checkpoint_filter
 from tokenred.sites import (SEQUENCE_PLACEMENTS, SequenceContext, SequenceState, SequenceTokens,
-                            Site, SiteQuantityError, UnsupportedModelError, register_site_adapter)
+                            Site, SiteQuantityError, UnsupportedModelError, register_site_adapter,
+                            reset_every_forward)
 
 _BLOCK_PARTS = ("norm1", "attn", "ls1", "drop_path1", "norm2", "mlp", "ls2", "drop_path2")
 _ATTN_PARTS = ("qkv", "num_heads", "head_dim", "q_norm", "k_norm", "attn_drop", "proj", "proj_drop",
@@ -154,20 +155,18 @@ class ViTInstallation:
             index, site = at_block.get(b, (None, None))
             self._patch(blk, "forward", self._block_forward(blk, site, index, len(sites),
                                                             placement, b in capture))
-        hook = model.patch_embed.register_forward_pre_hook(self._begin_forward)
-        self._restore.append(hook.remove)
+        self._restore.append(reset_every_forward(model.patch_embed, self.state, self.reducer,
+                                                 self._record_patches))
         if hasattr(model, "pool"):
             self._patch(model, "pool", self._weighted_pool(type(model).pool.__get__(model)))
         elif getattr(model, "global_pool", "token") in ("avg", "avgmax"):
             raise UnsupportedModelError("this timm version's VisionTransformer has no pool(), "
                                         "which size-weighted average pooling replaces; upgrade timm")
 
-    def _begin_forward(self, *_: Any) -> None:
-        self.state.reset()
+    def _record_patches(self) -> None:
         prefix, grid = int(self.model.num_prefix_tokens), self.model.patch_embed.grid_size
         self.state.patch_grid = tuple(grid) if grid is not None else None
         self.state.patch_columns = torch.arange(prefix, prefix + int(self.model.patch_embed.num_patches))
-        self.reducer.begin_forward()
 
     def _check_requirements(self, sites: list[Site], placement: str) -> None:
         needs = set(getattr(self.reducer, "requires", ()))

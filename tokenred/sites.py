@@ -154,6 +154,21 @@ class SequenceState:
             self.site_sources[site.name] = tokens.source
 
 
+def reset_every_forward(module: nn.Module, state: Any, reducer: Any,
+                        on_reset: Optional[Callable[[], None]] = None) -> Callable[[], None]:
+    """The installation lifecycle every adapter shares: before each forward of ``module`` the
+    token state is reset (``state.reset()``, then ``on_reset`` for what the adapter records per
+    forward) and the reducer told (``begin_forward``: a random method re-seeds). Returns the undo."""
+
+    def begin(*_: Any) -> None:
+        state.reset()
+        if on_reset is not None:
+            on_reset()
+        reducer.begin_forward()
+
+    return module.register_forward_pre_hook(begin).remove
+
+
 class SiteQuantityError(ValueError):
     """A reducer asked a site for something this backbone or placement cannot give (attention at
     a block's input, a class-token attention row without a class token)."""
