@@ -13,6 +13,7 @@ from .flops import FlopCount, count_flops, register_flop_handle
 from .params import ParameterError
 from .timing import BenchmarkResult, benchmark
 from .compare import compare
+from .search import search
 
 # built-in backbones and methods register themselves on import
 from . import backbones as _backbones  # noqa: E402,F401
@@ -27,4 +28,5 @@ __all__ = [
     "Handle", "apply",
     "create_backbone", "load_checkpoint", "CheckpointError", "count_flops", "FlopCount",
     "register_flop_handle", "ParameterError", "benchmark", "BenchmarkResult", "compare",
+    "search",
 ]

@@ -5,7 +5,7 @@ from typing import Any, Optional, Union
 
 from torch import nn
 
-from .params import ParameterError
+from .params import ParameterError, parse_method_spec
 from .reducer import Reducer
 from .registry import get_method
 from .sites import Site, adapter_for, select_sites
@@ -77,7 +77,8 @@ def installed_handle(model: nn.Module) -> Optional[Handle]:
 def apply(model: nn.Module, method: Union[str, Reducer], where: Any = None, **params: Any) -> Handle:
     """Install ``method`` on the sites of ``model`` chosen by ``where``.
 
-    ``method`` is a registered name (with ``**params``) or a ``Reducer`` instance. ``where``: None
+    ``method`` is a registered name (with ``**params``), a full spec (``"evit:keep=0.5,where=
+    blocks:3/6"``, as ``tokenred search`` recommends) or a ``Reducer`` instance. ``where``: None
     (the method's documented default), an int stage, a range of stages, a list of block indices,
     ``"stage:N"`` / ``"blocks:a,b"`` strings, a site-name pattern, or a callable on ``Site``.
     The state_dict is never changed; ``handle.remove()`` restores the original forward.
@@ -87,6 +88,13 @@ def apply(model: nn.Module, method: Union[str, Reducer], where: Any = None, **pa
             raise ParameterError("pass parameters either to the Reducer or to apply(), not both")
         reducer = method
     elif isinstance(method, str):
+        if ":" in method:   # a full spec ("evit:keep=0.5,where=blocks:3/6"), as search prints
+            name, given = parse_method_spec(method)
+            clash = sorted(set(given) & (set(params) | ({"where"} if where is not None else set())))
+            if clash:
+                raise ParameterError(f"{clash} given both in the spec {method!r} and as arguments")
+            where = given.pop("where", where)
+            method, params = name, {**given, **params}
         reducer = get_method(method)(**params)
     else:
         raise TypeError(f"method must be a registered name or a Reducer instance, got {method!r}")

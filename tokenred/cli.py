@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from typing import Optional, Sequence
@@ -239,6 +240,28 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from tokenred.search import markdown, search, write_report
+
+    if args.calibration < 1 or args.rounds < 0:
+        raise ValueError("--calibration must be >= 1 and --rounds >= 0")
+    text = json.dumps({k: v for k, v in sorted(vars(args).items()) if k not in ("fn", "out")},
+                      default=str)
+    out = args.out or os.path.join("reports", "search-" + hashlib.sha256(text.encode()).hexdigest()[:10])
+    show = (lambda msg: None) if args.no_progress else (lambda msg: print(msg, file=sys.stderr))
+    result = search(args.backbone, args.method, args.data, budget=args.budget,
+                    max_drop=args.max_drop, rates=args.rates, candidates=args.candidates,
+                    calibration=args.calibration, rounds=args.rounds, input_size=args.input_size,
+                    pretrained=args.pretrained, checkpoint=args.checkpoint, device=args.device,
+                    eval_batch_size=args.eval_batch_size, store=out, progress=show)
+    print(markdown(result, args.backbone, args.method))
+    paths = write_report(result, out, args.backbone, args.method)
+    print("wrote " + ", ".join(paths))
+    return 0
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from tokenred.report import table_from_store, write_report
     from tokenred.store import STORE_NAME, ResultsStore
@@ -367,6 +390,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pretrained", action="store_true",
                    help="pretrained weights (timm's; the reference models' bundled ones)")
     p.set_defaults(fn=_cmd_visualize)
+
+    p = sub.add_parser("search", help="measure each site's sensitivity and search site sets "
+                                      "and rates for a speed/FLOP budget or an accuracy floor")
+    p.add_argument("--backbone", required=True)
+    p.add_argument("--method", required=True,
+                   help="a method name or spec without where= (e.g. quartermap, evit:fuse=false)")
+    p.add_argument("--data", required=True, metavar="DIR",
+                   help="labeled images (ImageFolder); split into calibration and held-out")
+    p.add_argument("--budget", default=None, metavar="KIND=VALUE",
+                   help="gflops=X (at most), speedup=Y (at least, timed) or latency_ms=Z")
+    p.add_argument("--max-drop", type=float, default=None,
+                   help="instead of --budget: the cheapest point losing at most this many top-1 "
+                        "points on the calibration split")
+    p.add_argument("--rates", default=None, metavar="NAME=V1,V2",
+                   help="rate values searched with the sites (default: a share-type rate on "
+                        "0.5,0.7,0.9; else sites only)")
+    p.add_argument("--candidates", default=None,
+                   help="limit the sites tried (a where selector: stages:0-1, blocks:0-5)")
+    p.add_argument("--calibration", type=int, default=256,
+                   help="calibration images (class-balanced); every other image is held out")
+    p.add_argument("--rounds", type=int, default=1, help="local-search rounds around the front")
+    p.add_argument("--input-size", type=int, default=None)
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+                   help="the backbone's pretrained or bundled weights (default on)")
+    p.add_argument("--checkpoint", default=None, help="local weights for the backbone")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--eval-batch-size", type=int, default=64)
+    p.add_argument("--out", default=None,
+                   help="run directory for the store and report (default reports/search-<hash>)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(fn=_cmd_search)
 
     p = sub.add_parser("report", help="regenerate a run's tables and plots from its results store")
     p.add_argument("run_dir", help="a run directory written by `tokenred compare`")

@@ -1,0 +1,466 @@
+"""``tokenred.search``: where to reduce, measured. For one method on one backbone it measures
+every site's sensitivity, searches site sets (and the method's rate) and returns the Pareto front
+of accuracy against GFLOPs, with the point it recommends for a budget.
+
+What it does, in order:
+
+1. **Split the data.** The folder's images in a fixed class-balanced order (``ImageList.head``):
+   the first ``calibration`` are the calibration split, every other image the held-out split.
+   All choices are made on the calibration split; only the recommended point (and ``none``) is
+   evaluated on the held-out one, so its accuracy is not the one that chose it.
+2. **Sensitivity.** The method on each candidate site alone (at each rate): Δtop-1, KL(none ‖
+   method) and agreement on the calibration split, GFLOPs (fvcore) of one forward.
+3. **Greedy.** Per rate: start from no site; at each step try every remaining site added to the
+   current set and keep the one with the largest GFLOP saving per unit of KL added (KL, not
+   Δtop-1: on a few hundred images it moves smoothly where accuracy moves in steps); every set
+   on the way is a point.
+4. **Local search.** Around each point of the front: one site added, one removed, the next rate
+   up and down; new points are measured and the front recomputed (``rounds`` times).
+5. **Front and recommendation.** Points no other point beats on both GFLOPs and calibration
+   accuracy (Δtop-1 on labeled data, −KL otherwise). Budget ``gflops=X``: the most accurate point
+   with at most X GFLOPs; ``speedup=Y`` / ``latency_ms=Z``: the front points are timed next to
+   ``none`` (interleaved, as ``compare`` times) and the most accurate one meeting it wins;
+   ``max_drop=D``: the cheapest point whose calibration Δtop-1 is at least −D.
+
+Every measurement goes to the results store (a run directory), keyed by the backbone's weights,
+the calibration images (by content) and the protocol, so an interrupted search resumes and a
+repeated one measures nothing twice.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence, Union
+
+import pandas as pd
+import torch
+
+from .apply import apply
+from .evaluate import DataError, ImageList, evaluate, require_readable, scan_folder
+from .flops import count_flops
+from .match import parse_target
+from .params import ParameterError, format_method_spec, parse_method_spec
+from .registry import get_method
+from .sites import adapter_for, select_sites
+from .store import Key, ResultsStore
+from .timing import benchmark_interleaved, resolve_device
+
+BUDGET_KINDS = ("gflops", "speedup", "latency_ms")
+DEFAULT_SHARE_GRID = (0.5, 0.7, 0.9)
+
+
+@dataclass
+class SearchResult:
+    """``points``: every measured configuration; ``front``: its Pareto front (ascending GFLOPs);
+    ``sensitivity``: each site alone; ``recommended``: the method spec of the chosen point (None
+    when no point meets the budget), accepted as is by ``apply`` and ``compare --methods``;
+    ``held_out``: ``none`` and the recommended point on the held-out split; ``splits``: which
+    images were used for what."""
+
+    points: pd.DataFrame
+    front: pd.DataFrame
+    sensitivity: pd.DataFrame
+    recommended: Optional[str]
+    held_out: dict = field(default_factory=dict)
+    splits: dict = field(default_factory=dict)
+    budget: Optional[str] = None
+
+
+def split_images(images: ImageList, calibration: int) -> tuple[ImageList, ImageList]:
+    """The first ``calibration`` images of the fixed class-balanced order, and all the others."""
+    if calibration < 1 or calibration >= len(images.paths):
+        raise DataError(f"calibration={calibration}: give 1 .. {len(images.paths) - 1} images "
+                        f"(the folder has {len(images.paths)}; the rest are held out)")
+    chosen = images.head(calibration)
+    taken = set(chosen.paths)
+    rest = [i for i, p in enumerate(images.paths) if p not in taken]
+    held = ImageList(images.root, [images.paths[i] for i in rest],
+                     None if images.labels is None else [images.labels[i] for i in rest],
+                     images.classes, images.unreadable,
+                     f"{len(rest)} images not in the calibration split")
+    chosen.subset = f"calibration: {chosen.subset}"
+    return chosen, held
+
+
+def _rate_grid(method: str, rates: Optional[str]) -> tuple[Optional[str], list]:
+    """(parameter name, values) searched besides the sites: ``"name=v1,v2"``, or the method's
+    share-type rate on (0.5, 0.7, 0.9), or none."""
+    if rates:
+        name, eq, values = rates.partition("=")
+        if not eq or not values.strip():
+            raise ParameterError(f"rates={rates!r}: write NAME=V1,V2,... (e.g. keep=0.5,0.7)")
+        parsed = [json.loads(v) if v.strip()[0].isdigit() or v.strip()[0] in "-." else v.strip()
+                  for v in values.split(",") if v.strip()]
+        return name.strip(), parsed
+    rate = getattr(get_method(method), "rate", None)
+    if rate is not None and rate.share:
+        return rate.name, list(DEFAULT_SHARE_GRID)
+    return None, [None]
+
+
+class _Measurer:
+    """Measures configurations (site set, rate) once each, through the store."""
+
+    def __init__(self, model, bname: str, method: str, params: dict, rate_name: Optional[str],
+                 input_size: int, images: ImageList, weights: str, store: ResultsStore,
+                 device, eval_batch_size: int, progress: Callable[[str], None]):
+        self.model, self.bname, self.method, self.params = model, bname, method, params
+        self.rate_name, self.input_size, self.images = rate_name, input_size, images
+        self.store, self.device, self.eval_batch_size = store, device, eval_batch_size
+        self.progress = progress
+        # (what decides a value: the weights and the calibration images by content)
+        self.variant = json.dumps({"search": {"weights": weights, "calibration": images.digest,
+                                              "subset": images.subset}}, sort_keys=True)
+        self.evaluations = 0            # forwards actually run (tests: resuming runs none)
+
+    def spec(self, blocks: tuple, rate: Any) -> str:
+        if not blocks:
+            return "none"
+        params = dict(self.params)
+        if self.rate_name is not None and rate is not None:
+            params[self.rate_name] = rate
+        params["where"] = "blocks:" + "/".join(str(b) for b in sorted(blocks))
+        return format_method_spec(self.method, params)
+
+    def _key(self, spec: str, kind: str) -> Key:
+        return Key(self.bname, spec, self.input_size, 1, "float32", str(self.device), kind,
+                   self.variant)
+
+    def measure(self, configs: Sequence[tuple[tuple, Any]]) -> dict[str, dict]:
+        """Payloads (gflops, top1, delta_top1, kl, agreement) of every configuration; those not
+        in the store are measured in one evaluation pass, next to ``none``."""
+        specs = {self.spec(b, r): (b, r) for b, r in configs}
+        specs.setdefault("none", ((), None))
+        todo = [s for s in specs if self.store.get(self._key(s, "eval")) is None]
+        if todo:
+            models = {"none": self.model}
+            for spec in todo:
+                if spec == "none":
+                    continue
+                blocks, rate = specs[spec]
+                m = copy.deepcopy(self.model)
+                name, params = parse_method_spec(spec)
+                where = params.pop("where")
+                apply(m, name, where=where, **params)
+                models[spec] = m
+            for spec in todo:
+                self.store.put(self._key(spec, "flops"),
+                               {"gflops": count_flops(models[spec], self.input_size).gflops})
+            self.progress(f"search: evaluate {len(todo)} configuration(s) on "
+                          f"{len(self.images.paths)} images ({self.images.subset})")
+            ev = evaluate(models, "none", self.images, self.input_size, self.eval_batch_size,
+                          self.device, torch.float32, False, 0, None)
+            require_readable(ev, self.images.root)
+            self.evaluations += len(todo)
+            base = ev.counts["none"].metrics(ev.labeled)["top1"]
+            for spec in todo:
+                m = ev.counts[spec].metrics(ev.labeled)
+                self.store.put(self._key(spec, "eval"), {
+                    "top1": m["top1"], "delta_top1": m["top1"] - base, "kl": m["kl"],
+                    "agreement": m["agreement"], "images": ev.n_images, "labeled": ev.labeled,
+                    "none_top1": base, "delta_top1_ci": [m["delta_top1_ci_low"],
+                                                         m["delta_top1_ci_high"]]})
+        out = {}
+        for spec, (blocks, rate) in specs.items():
+            payload = dict(self.store.get(self._key(spec, "eval")))
+            payload.update(self.store.get(self._key(spec, "flops")))
+            out[spec] = {"spec": spec, "blocks": tuple(sorted(blocks)), "rate": rate, **payload}
+        return out
+
+
+def pareto_front(points: pd.DataFrame, accuracy: str) -> pd.DataFrame:
+    """Points that no other point beats on both GFLOPs (lower) and ``accuracy`` (higher)."""
+    ordered = points.sort_values(["gflops", accuracy], ascending=[True, False])
+    best, keep = -math.inf, []
+    for i, row in ordered.iterrows():
+        if row[accuracy] > best + 1e-12:
+            keep.append(i)
+            best = row[accuracy]
+    return ordered.loc[keep].reset_index(drop=True)
+
+
+def search(backbone: Union[str, torch.nn.Module], method: str, data: str, *,
+           budget: Optional[str] = None, max_drop: Optional[float] = None,
+           rates: Optional[str] = None, candidates: Any = None, calibration: int = 256,
+           rounds: int = 1, input_size: Optional[int] = None, pretrained: bool = True,
+           checkpoint: Optional[str] = None, backbone_kwargs: Optional[dict] = None,
+           device: str = "cpu", eval_batch_size: int = 64, batch_size: int = 8,
+           store: Union[None, str, ResultsStore] = None,
+           progress: Optional[Callable[[str], None]] = None) -> SearchResult:
+    """Search ``method``'s sites (and rate) on ``backbone`` (a name, or a model whose name is
+    given by ``backbone_kwargs``-free building) for ``budget`` (``"gflops=3.0"``,
+    ``"speedup=1.3"``, ``"latency_ms=20"``) or ``max_drop`` (points of calibration top-1).
+    ``method``: a name or spec whose fixed parameters are kept (``"quartermap:mode=avg"``);
+    ``rates``: ``"keep=0.5,0.7,0.9"`` (default: a share-type rate on 0.5/0.7/0.9, else sites
+    only); ``candidates``: a ``where`` selector limiting the sites tried (default all of the
+    method's kind). See the module docstring for the procedure."""
+    from .compare import _build_backbone, _weights_identity
+    from .validate import backbone_input_size
+
+    if (budget is None) == (max_drop is None):
+        raise ParameterError("search: give exactly one of budget (gflops=, speedup=, "
+                             "latency_ms=) or max_drop")
+    target = None
+    if budget is not None:
+        kind, _, value = str(budget).partition("=")
+        if kind.strip() not in BUDGET_KINDS:
+            raise ParameterError(f"budget={budget!r}: write KIND=VALUE with KIND one of "
+                                 f"{BUDGET_KINDS}")
+        target = parse_target(budget) if kind.strip() != "latency_ms" else ("latency_ms",
+                                                                             float(value))
+    if max_drop is not None and max_drop < 0:
+        raise ParameterError(f"max_drop={max_drop}: give a non-negative number of points")
+    report = progress or (lambda msg: None)
+    name, params = parse_method_spec(method)
+    if "where" in params:
+        raise ParameterError("search chooses where=; leave it out of the method spec (limit the "
+                             "sites with candidates=)")
+    get_method(name)(**params)                      # bad parameters fail before any work
+    rate_name, grid = _rate_grid(name, rates)
+    dev = resolve_device(device)
+    if isinstance(backbone, str):
+        bname = backbone
+        kwargs = dict(backbone_kwargs or {})
+        size = backbone_input_size(bname, kwargs, input_size)
+        model = _build_backbone(bname, size, pretrained, 0, checkpoint, kwargs).eval().to(dev)
+        weights = _weights_identity(bname, 0, pretrained, checkpoint, kwargs)
+    else:
+        raise ParameterError("search: pass the backbone by name (its weights identify the "
+                             "stored measurements)")
+    kinds = get_method(name).kinds
+    sites = [s for s in adapter_for(model).sites() if s.kind in kinds]
+    if candidates is not None:
+        sites = [s for s in select_sites(sites, candidates)]
+    if not sites:
+        raise ParameterError(f"search: {bname} has no {sorted(kinds)} site for {name}")
+    calib, held = split_images(scan_folder(data), calibration)
+    own_store = not isinstance(store, ResultsStore)
+    if isinstance(store, str):
+        import os
+
+        os.makedirs(store, exist_ok=True)
+    db = ResultsStore.in_run_dir(store) if isinstance(store, str) else (store or ResultsStore())
+    try:
+        meter = _Measurer(model, bname, name, params, rate_name, size, calib, weights, db, dev,
+                          eval_batch_size, report)
+        blocks = [s.block for s in sites]
+        sensitivity = _sensitivity(meter, blocks, grid)
+        points = _greedy(meter, blocks, grid, report)
+        accuracy = "delta_top1" if bool(points["labeled"].iloc[0]) else "neg_kl"
+        for _ in range(rounds):
+            points = _local_search(meter, points, blocks, grid, accuracy)
+        front = pareto_front(points, accuracy)
+        if target is not None and target[0] in ("speedup", "latency_ms"):
+            front = _time_front(meter, front, batch_size, dev, report)
+        chosen = _recommend(front, target, max_drop, accuracy)
+        held_out = _evaluate_held_out(meter, chosen, held, eval_batch_size, dev, report)
+    finally:
+        if own_store:
+            db.close()
+    splits = {"calibration": {"images": len(calib.paths), "subset": calib.subset,
+                              "digest": calib.digest},
+              "held_out": {"images": len(held.paths), "subset": held.subset, "digest": held.digest}}
+    return SearchResult(points, front, sensitivity, None if chosen is None else chosen["spec"],
+                        held_out, splits, budget if budget else f"max_drop={max_drop}")
+
+
+def _frame(measured: dict) -> pd.DataFrame:
+    df = pd.DataFrame(list(measured.values()))
+    df["neg_kl"] = -df["kl"]
+    df["sites"] = df["blocks"].apply(len)
+    return df
+
+
+def _sensitivity(meter: _Measurer, blocks: list, grid: list) -> pd.DataFrame:
+    measured = meter.measure([((b,), r) for b in blocks for r in grid])
+    df = _frame(measured)
+    base = df.loc[df["spec"] == "none", "gflops"].iloc[0]
+    df = df[df["spec"] != "none"].copy()
+    df["block"] = df["blocks"].apply(lambda t: t[0])
+    df["gflops_saved"] = base - df["gflops"]
+    return df[["block", "rate", "spec", "gflops", "gflops_saved", "delta_top1", "kl",
+               "agreement"]].sort_values(["rate", "block"], key=lambda c: c.map(str)).reset_index(
+        drop=True)
+
+
+def _greedy(meter: _Measurer, blocks: list, grid: list, report) -> pd.DataFrame:
+    seen: dict[str, dict] = {}
+    for rate in grid:
+        current: tuple = ()
+        last = meter.measure([(current, rate)])["none"]
+        seen["none"] = last
+        remaining = list(blocks)
+        while remaining:
+            tried = meter.measure([(current + (b,), rate) for b in remaining])
+            tried.pop("none", None)
+            seen.update(tried)
+
+            def value(p: dict) -> float:   # GFLOPs saved per KL added (ties: fewer GFLOPs)
+                return (last["gflops"] - p["gflops"]) / max(p["kl"] - last["kl"], 1e-6)
+
+            best = max(tried.values(), key=value)
+            remaining.remove(next(b for b in best["blocks"] if b not in current))
+            current, last = best["blocks"], best
+            report(f"search: rate {rate}: {len(current)} site(s), {best['gflops']:.3f} GFLOPs, "
+                   f"KL {best['kl']:.4f}")
+    return _frame(seen)
+
+
+def _local_search(meter: _Measurer, points: pd.DataFrame, blocks: list, grid: list,
+                  accuracy: str) -> pd.DataFrame:
+    front = pareto_front(points, accuracy)
+    configs = set()
+    for _, row in front.iterrows():
+        have, rate = tuple(row["blocks"]), row["rate"]
+        if not have:
+            continue
+        for b in blocks:
+            if b not in have:
+                configs.add((tuple(sorted(have + (b,))), rate))
+        for b in have:
+            if len(have) > 1:
+                configs.add((tuple(x for x in have if x != b), rate))
+        if rate in grid:
+            i = grid.index(rate)
+            for j in (i - 1, i + 1):
+                if 0 <= j < len(grid):
+                    configs.add((have, grid[j]))
+    if not configs:
+        return points
+    measured = meter.measure(sorted(configs, key=str))
+    merged = {p["spec"]: p for p in points.to_dict("records")}
+    merged.update(measured)
+    return _frame({k: {kk: vv for kk, vv in v.items() if kk not in ("neg_kl", "sites")}
+                   for k, v in merged.items()})
+
+
+def _time_front(meter: _Measurer, front: pd.DataFrame, batch_size: int, dev, report
+                ) -> pd.DataFrame:
+    models = {}
+    for spec in front["spec"]:
+        m = copy.deepcopy(meter.model)
+        if spec != "none":
+            name, params = parse_method_spec(spec)
+            where = params.pop("where")
+            apply(m, name, where=where, **params)
+        models[spec] = m
+    report(f"search: time {len(models)} front point(s)")
+    res = benchmark_interleaved(models, meter.input_size, batch_size, dev, "float32", False,
+                                3 if dev.type == "cpu" else 50, 10 if dev.type == "cpu" else 30, 3)
+    base = res["none"].images_per_s
+    front = front.copy()
+    front["speedup"] = [res[s].images_per_s / base for s in front["spec"]]
+    front["latency_ms"] = [res[s].median_ms for s in front["spec"]]
+    return front
+
+
+def _recommend(front: pd.DataFrame, target, max_drop: Optional[float], accuracy: str
+               ) -> Optional[dict]:
+    if max_drop is not None:
+        ok = front[front["delta_top1"] >= -max_drop]
+        return None if ok.empty else ok.sort_values("gflops").iloc[0].to_dict()
+    kind, value = target
+    column = {"gflops": "gflops", "speedup": "speedup", "latency_ms": "latency_ms"}[kind]
+    ok = front[front[column] >= value] if kind == "speedup" else front[front[column] <= value]
+    if ok.empty:
+        return None
+    return ok.sort_values([accuracy, "gflops"], ascending=[False, True]).iloc[0].to_dict()
+
+
+def _evaluate_held_out(meter: _Measurer, chosen: Optional[dict], held: ImageList,
+                       eval_batch_size: int, dev, report) -> dict:
+    if chosen is None or chosen["spec"] == "none":
+        return {}
+    # the same measurement on the other images (stored too: a re-run evaluates nothing)
+    held_meter = _Measurer(meter.model, meter.bname, meter.method, meter.params, meter.rate_name,
+                           meter.input_size, held, json.loads(meter.variant)["search"]["weights"],
+                           meter.store, dev, eval_batch_size, report)
+    got = held_meter.measure([(chosen["blocks"], chosen["rate"])])[chosen["spec"]]
+    meter.evaluations += held_meter.evaluations
+    return {k: got[k] for k in ("images", "none_top1", "top1", "delta_top1", "delta_top1_ci",
+                                "kl", "agreement")}
+
+def markdown(result: SearchResult, backbone: str, method: str) -> str:
+    """The search as a short Markdown report: splits, sensitivity, front, recommendation."""
+    cal, held = result.splits["calibration"], result.splits["held_out"]
+    lines = [f"# Site search: {method} on {backbone}", "",
+             f"Budget: `{result.budget}`. Calibration: {cal['images']} images ({cal['subset']}); "
+             f"held out: {held['images']} images ({held['subset']}). Δtop-1 and KL are against "
+             f"the unreduced model on the calibration split unless marked held-out.", "",
+             "## Sensitivity (each site alone)", "",
+             _table(result.sensitivity, ["block", "rate", "gflops", "gflops_saved", "delta_top1",
+                                         "kl"]), "",
+             "## Pareto front (calibration split)", "",
+             _table(result.front, ["spec", "gflops", "delta_top1", "kl", "agreement"]
+                    + [c for c in ("speedup", "latency_ms") if c in result.front]), ""]
+    if result.recommended is None:
+        lines.append("No measured point meets the budget.")
+    else:
+        lines.append(f"Recommended: `{result.recommended}`.")
+        h = result.held_out
+        if h:
+            lines.append(f"On the {h['images']} held-out images: top-1 {h['top1']:.2f}% vs "
+                         f"{h['none_top1']:.2f}% unreduced (Δ {h['delta_top1']:+.2f}, 95% "
+                         f"interval [{h['delta_top1_ci'][0]:+.2f}, {h['delta_top1_ci'][1]:+.2f}]),"
+                         f" KL {h['kl']:.4f}.")
+    return "\n".join(lines) + "\n"
+
+
+def _table(df: pd.DataFrame, columns: list) -> str:
+    shown = df[[c for c in columns if c in df]].copy()
+    for c in shown:
+        if shown[c].dtype.kind == "f":
+            shown[c] = shown[c].map(lambda v: f"{v:.4f}" if abs(v) < 1 else f"{v:.3f}")
+    return shown.to_markdown(index=False)
+
+
+def write_report(result: SearchResult, out_dir: str, backbone: str, method: str) -> list[str]:
+    """``search.md``, ``front.csv``, ``points.csv``, ``sensitivity.csv`` and the two plots
+    (``sensitivity.png``: Δtop-1 and GFLOPs saved per site; ``front.png``: every point and the
+    front) in ``out_dir``; returns the paths written."""
+    import os
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .report import atomic_write_text
+
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    for stem, df in (("front", result.front), ("points", result.points),
+                     ("sensitivity", result.sensitivity)):
+        path = os.path.join(out_dir, f"{stem}.csv")
+        atomic_write_text(path, df.drop(columns=[c for c in ("blocks",) if c in df]).to_csv(
+            index=False))
+        paths.append(path)
+    path = os.path.join(out_dir, "search.md")
+    atomic_write_text(path, markdown(result, backbone, method))
+    paths.append(path)
+    accuracy = "delta_top1" if result.points["labeled"].iloc[0] else "kl"
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    sens = result.sensitivity
+    labels = [f"{b}" + ("" if r is None or (isinstance(r, float) and math.isnan(r)) else f"@{r}")
+              for b, r in zip(sens["block"], sens["rate"])]
+    ax[0].bar(range(len(sens)), sens[accuracy])
+    ax[0].set_xticks(range(len(sens)), labels, rotation=90, fontsize=7)
+    ax[0].set_ylabel(accuracy + " (calibration)")
+    ax[0].set_title("each site alone")
+    ax[1].scatter(result.points["gflops"], result.points[accuracy], s=10, color="0.6",
+                  label="measured")
+    ax[1].plot(result.front["gflops"], result.front[accuracy], "o-", label="front")
+    ax[1].set_xlabel("GFLOPs (MACs)")
+    ax[1].set_ylabel(accuracy + " (calibration)")
+    ax[1].legend()
+    fig.suptitle(f"{method} on {backbone}")
+    fig.tight_layout()
+    path = os.path.join(out_dir, "search.png")
+    tmp = path + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    paths.append(path)
+    return paths
