@@ -73,3 +73,26 @@ def test_paired_ratio_uses_round_medians():
     assert ratio > 0
     with pytest.raises(ValueError, match="same benchmark_interleaved run"):
         paired_ratio(res["a"], tokenred.benchmark(b, 8, iters=2, warmup=0))
+
+
+def test_compiled_timing_and_its_errors(monkeypatch):
+    import torch
+
+    from tokenred.timing import CompileError, benchmark
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 4))
+    with pytest.raises(ValueError, match="warmup >= 1"):
+        benchmark(model, 8, warmup=0, iters=2, compile=True)
+
+    def broken(m):
+        def run(x):
+            raise RuntimeError("inductor: no C++ compiler\nmore detail")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    with pytest.raises(CompileError, match="torch.compile could not run model: RuntimeError: "
+                                           "inductor: no C\\+\\+ compiler$"):
+        benchmark(model, 8, warmup=1, iters=2, compile=True)
+    monkeypatch.undo()
+    result = benchmark(model, 8, warmup=1, iters=3, compile=True)
+    assert result.env["compiled"] is True and result.median_ms > 0

@@ -89,7 +89,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                               eval_batch_size=args.eval_batch_size, backbone_kwargs=backbone_args,
                               transform_overrides=overrides, store=out_dir, progress=progress,
                               match=_match_targets(args), allow_resample=args.allow_resample,
-                              log={k: v for k, v in vars(args).items() if k != "fn"})
+                              log={k: v for k, v in vars(args).items() if k != "fn"},
+                              compile=args.compile)
         bar.update(bar.total - bar.n)   # the plan was an estimate: end the bar at 100%
     finally:
         bar.close()
@@ -326,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iters", type=int, default=None, help="timed forwards (CPU 10, CUDA 30)")
     p.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (default 5)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
+    p.add_argument("--compile", action="store_true",
+                   help="time torch.compile'd models (FLOPs and accuracy stay eager)")
     p.add_argument("--scan-backend", default=None, choices=SCAN_BACKENDS,
                    help="selective scan of the SSM backbones: auto (default: mamba_ssm on CUDA "
                         "when installed, else torch), torch, cpp (compiled CPU kernel, built on "
@@ -445,11 +448,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from tokenred.sites import UnsupportedModelError
 
     from tokenred.store import StoreError
+    from tokenred.timing import CompileError
 
     debug = args.debug or os.environ.get("TOKENRED_DEBUG", "") not in ("", "0")
     try:
         return args.fn(args)
     except (ValueError, RegistryError, UnsupportedModelError, CheckpointError, StoreError,
+            CompileError,
             OSError) as exc:
         # what a user can cause (bad names, values, files, a full disk) ends in one clear line;
         # the traceback stays one flag away

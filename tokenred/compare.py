@@ -113,7 +113,8 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
             store: Union[None, str, ResultsStore] = None,
             progress: Optional[Callable[[str], None]] = None,
             match: Union[None, str, Sequence[str], Mapping[str, float]] = None,
-            allow_resample: bool = False, log: Optional[dict] = None) -> pd.DataFrame:
+            allow_resample: bool = False, log: Optional[dict] = None,
+            compile: bool = False) -> pd.DataFrame:
     """Measure ``methods`` (``"name"`` or ``"name:key=value,..."``) on ``backbones``.
 
     Each method runs on its own copy of the same backbone weights; ``none`` (added first when
@@ -148,6 +149,9 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
     in a later run is measured next to a fresh run of ``none``, so its speedup and Δtop-1
     always come from one pass. Every setting is checked before anything is built or measured
     (``tokenred.validate``).
+
+    ``compile``: time ``torch.compile``d models (FLOPs and accuracy are eager; timing rows
+    carry the flag in their store key).
 
     ``match``: compare at a matched budget instead of each method's default — ``"gflops=3.0"``,
     ``"speedup=1.5"`` (measured) or ``"keep=0.7"``, a list of such targets (a sweep: one row per
@@ -203,6 +207,8 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
                 protocol = {"warmup": warmup, "iters": iters, "rounds": rounds, "threads": threads}
                 if scan != "torch":   # (keys stored before other CPU scans existed stay valid)
                     protocol["scan_backend"] = scan
+                if compile:
+                    protocol["compile"] = True
                 return weights + json.dumps(protocol)
             if kind == "eval":
                 images = images_of[bname]
@@ -295,7 +301,8 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
                 group = {t: models[t] for t in models if t in timed or t == base_spec.text}
                 results = benchmark_interleaved(group, input_size, batch_size, dev, dtype, amp,
                                                 warmup, iters, rounds, threads,
-                                                progress=lambda m, b=bname: report(f"{b} {m}"))
+                                                progress=lambda m, b=bname: report(f"{b} {m}"),
+                                                compile=compile)
                 ips0 = results[base_spec.text].images_per_s
                 base_flags = timing_flags(results[base_spec.text])
                 for t in timed:

@@ -156,9 +156,12 @@ def benchmark_interleaved(models: Mapping[str, nn.Module], input_size: Union[int
                           dtype: Union[str, torch.dtype] = "float32", amp: bool = False,
                           warmup: int = 10, iters: int = 30, rounds: int = 5,
                           threads: Optional[int] = None,
-                          progress: Optional[Callable[[str], None]] = None) -> dict[str, BenchmarkResult]:
+                          progress: Optional[Callable[[str], None]] = None,
+                          compile: bool = False) -> dict[str, BenchmarkResult]:
     """Time each model on the same input, ``iters`` timed forwards in total spread over
-    ``rounds`` round-robin passes, after ``warmup`` untimed forwards each."""
+    ``rounds`` round-robin passes, after ``warmup`` untimed forwards each. ``compile``: time
+    ``torch.compile(model)`` instead (compiled during the warm-up, which then needs >= 1
+    forward); a model it cannot compile raises ``CompileError`` naming it."""
     if batch_size < 1 or iters < 1 or warmup < 0 or rounds < 1:
         raise ValueError(f"batch_size={batch_size}, iters={iters}, warmup={warmup}, rounds={rounds}: "
                          f"need batch_size >= 1, iters >= 1, warmup >= 0, rounds >= 1")
@@ -171,10 +174,15 @@ def benchmark_interleaved(models: Mapping[str, nn.Module], input_size: Union[int
     x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(dev, model_dtype)
     autocast = (torch.autocast(dev.type, dtype=dt) if amp else contextlib.nullcontext())
     env = environment(dev, dt, amp)
+    if compile:
+        if warmup < 1:
+            raise ValueError("compile=True needs warmup >= 1 (the first forward compiles)")
+        env["compiled"] = True
     calls = {}
     for name, model in models.items():
         model.eval().to(dev, model_dtype)
-        calls[name] = (lambda m=model: m(x))
+        run = torch.compile(model) if compile else model
+        calls[name] = (lambda m=run: m(x))
     rounds = min(rounds, iters)
     per_round = [iters // rounds + (1 if r < iters % rounds else 0) for r in range(rounds)]
     rounds_s: dict[str, list[list[float]]] = {name: [] for name in models}
@@ -182,7 +190,13 @@ def benchmark_interleaved(models: Mapping[str, nn.Module], input_size: Union[int
         for name, call in calls.items():
             if progress:
                 progress(f"warm-up {name}")
-            _time_calls(call, warmup, dev)
+            try:
+                _time_calls(call, warmup, dev)
+            except Exception as exc:
+                if not compile:
+                    raise
+                raise CompileError(f"torch.compile could not run {name}: {type(exc).__name__}: "
+                                   f"{str(exc).strip().splitlines()[0][:300]}") from exc
         for n in per_round:
             for name, call in calls.items():
                 if progress:
@@ -220,8 +234,13 @@ def paired_ratio(a: BenchmarkResult, b: BenchmarkResult) -> float:
 def benchmark(model: nn.Module, input_size: Union[int, Sequence[int]] = 224, batch_size: int = 1,
               device: Union[str, torch.device, None] = "cpu", dtype: Union[str, torch.dtype] = "float32",
               amp: bool = False, warmup: int = 10, iters: int = 30,
-              threads: Optional[int] = None) -> BenchmarkResult:
+              threads: Optional[int] = None, compile: bool = False) -> BenchmarkResult:
     """Latency/throughput of ``model`` on a fixed random batch. ``amp=True`` keeps fp32 weights
-    and runs under autocast to ``dtype``; otherwise model and input are cast to ``dtype``."""
+    and runs under autocast to ``dtype``; otherwise model and input are cast to ``dtype``.
+    ``compile=True`` times ``torch.compile(model)`` (compiled in the warm-up)."""
     return benchmark_interleaved({"model": model}, input_size, batch_size, device, dtype, amp,
-                                 warmup, iters, rounds=1, threads=threads)["model"]
+                                 warmup, iters, rounds=1, threads=threads, compile=compile)["model"]
+
+
+class CompileError(RuntimeError):
+    """torch.compile could not compile or run a model (the eager path still works)."""
