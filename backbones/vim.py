@@ -295,7 +295,8 @@ class VimAdapter:
 
     def sites(self) -> list[Site]:
         return [Site(name=f"layers.{i}", kind="sequence", stage=0, block=i, index_in_stage=i,
-                     num_prefix_tokens=1) for i in range(len(self.model.layers) - 1)]
+                     num_prefix_tokens=1, order_sensitive=True)
+                for i in range(len(self.model.layers) - 1)]
 
     def install(self, reducer: Any, sites: Sequence[Site]) -> "VimInstallation":
         return VimInstallation(self.model, reducer, list(sites))
@@ -363,7 +364,7 @@ class VimInstallation:
                               trace_source=reducer.trace_source, providers=providers,
                               placement=getattr(reducer, "sequence_placement", "attention"),
                               depth=len(self.model.layers), num_patches=self.model.num_patches,
-                              order_sensitive=True, sequence_order=sequence_order)
+                              sequence_order=sequence_order)
         out = reducer.reduce_sequence(tokens, ctx)
         if out is tokens:          # nothing reduced: the stream as it was
             state.tokens[site.name], state.class_slots[site.name] = length, slot

@@ -110,3 +110,14 @@ def test_cli_writes_the_report(tmp_path, capsys):
     assert "Recommended: `quartermap:where=blocks:0`" in text
     for name in ("search.md", "front.csv", "points.csv", "sensitivity.csv", "search.png"):
         assert (out / name).stat().st_size > 0
+
+
+def test_integer_rates_survive_the_round_trip_through_the_front(tmp_path):
+    # ToMe's r is an integer: points read back from the DataFrame (4.0, NaN for none) must map to
+    # the same specs, or the local search and the held-out step would measure phantoms
+    result = tokenred.search("deit_tiny_pbc64", "tome", PBC_SAMPLE_DIR, budget="gflops=1.0",
+                             rates="r=2,4", candidates="blocks:1-2", calibration=32,
+                             store=str(tmp_path / "run"))
+    specs = set(result.points["spec"])
+    assert all(".0" not in s for s in specs), specs
+    assert {"tome:r=2,where=blocks:1", "tome:r=4,where=blocks:1/2"} <= specs

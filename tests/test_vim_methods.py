@@ -210,6 +210,13 @@ def test_none_on_vim_is_the_plain_forward_and_attention_methods_are_refused():
     m = tokenred.create_backbone("vim_tiny", img_size=32, patch_size=8, stride=8, embed_dim=32,
                                  depth=3, num_classes=3).eval()
     x = torch.randn(2, 3, 32, 32)
+    from tokenred.sites import adapter_for
+
+    sites = adapter_for(m).sites()
+    assert [s.name for s in sites] == ["layers.0", "layers.1"] and all(
+        s.order_sensitive and s.num_prefix_tokens == 1 for s in sites)
+    vit = tokenred.create_backbone("deit_tiny_patch16_224", img_size=32, depth=2)
+    assert not any(s.order_sensitive for s in adapter_for(vit).sites())
     with torch.no_grad():
         plain = m(x)
         with tokenred.apply(m, "none"):

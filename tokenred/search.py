@@ -110,12 +110,20 @@ class _Measurer:
         self.rate_name, self.input_size, self.images = rate_name, input_size, images
         self.store, self.device, self.eval_batch_size = store, device, eval_batch_size
         self.progress = progress
+        self.grid: list = [None]
         # (what decides a value: the weights and the calibration images by content)
         self.variant = json.dumps({"search": {"weights": weights, "calibration": images.digest,
                                               "subset": images.subset}}, sort_keys=True)
         self.evaluations = 0            # forwards actually run (tests: resuming runs none)
 
+    def rate_value(self, rate: Any) -> Any:
+        """A rate read back from a DataFrame (NaN, 4.0) as the grid gave it (None, 4)."""
+        if rate is None or (isinstance(rate, float) and math.isnan(rate)):
+            return None
+        return next((g for g in self.grid if g == rate), rate)
+
     def spec(self, blocks: tuple, rate: Any) -> str:
+        rate = self.rate_value(rate)
         if not blocks:
             return "none"
         params = dict(self.params)
@@ -164,6 +172,7 @@ class _Measurer:
                                                          m["delta_top1_ci_high"]]})
         out = {}
         for spec, (blocks, rate) in specs.items():
+            rate = self.rate_value(rate)
             payload = dict(self.store.get(self._key(spec, "eval")))
             payload.update(self.store.get(self._key(spec, "flops")))
             out[spec] = {"spec": spec, "blocks": tuple(sorted(blocks)), "rate": rate, **payload}
@@ -245,6 +254,7 @@ def search(backbone: Union[str, torch.nn.Module], method: str, data: str, *,
     try:
         meter = _Measurer(model, bname, name, params, rate_name, size, calib, weights, db, dev,
                           eval_batch_size, report)
+        meter.grid = grid
         blocks = [s.block for s in sites]
         sensitivity = _sensitivity(meter, blocks, grid)
         points = _greedy(meter, blocks, grid, report)
@@ -313,7 +323,7 @@ def _local_search(meter: _Measurer, points: pd.DataFrame, blocks: list, grid: li
     front = pareto_front(points, accuracy)
     configs = set()
     for _, row in front.iterrows():
-        have, rate = tuple(row["blocks"]), row["rate"]
+        have, rate = tuple(row["blocks"]), meter.rate_value(row["rate"])
         if not have:
             continue
         for b in blocks:
@@ -377,6 +387,7 @@ def _evaluate_held_out(meter: _Measurer, chosen: Optional[dict], held: ImageList
     held_meter = _Measurer(meter.model, meter.bname, meter.method, meter.params, meter.rate_name,
                            meter.input_size, held, json.loads(meter.variant)["search"]["weights"],
                            meter.store, dev, eval_batch_size, report)
+    held_meter.grid = meter.grid
     got = held_meter.measure([(chosen["blocks"], chosen["rate"])])[chosen["spec"]]
     meter.evaluations += held_meter.evaluations
     return {k: got[k] for k in ("images", "none_top1", "top1", "delta_top1", "delta_top1_ci",

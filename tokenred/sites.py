@@ -32,6 +32,9 @@ class Site:
     block: int
     index_in_stage: int
     num_prefix_tokens: int = 0
+    #: the backbone scans this site's tokens in order (Vim): reducers' outputs are put back in
+    #: position order with the protected token where the backbone expects it
+    order_sensitive: bool = False
 
     def __repr__(self) -> str:  # short, readable in error messages
         return f"Site({self.name!r}, kind={self.kind}, stage={self.stage}, block={self.block})"
@@ -205,7 +208,7 @@ class SequenceContext:
                  depth: Optional[int] = None, num_patches: Optional[int] = None,
                  order_sensitive: bool = False, sequence_order: Optional[torch.Tensor] = None):
         self.site = site
-        self.order_sensitive = order_sensitive
+        self.order_sensitive = order_sensitive or site.order_sensitive
         self.sequence_order = sequence_order
         self.depth = depth                  # blocks in the network (depth-scaled schedules)
         self.num_patches = num_patches      # non-prefix tokens entering the network

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The CPU benchmarks of the compiled `cpp` scan backend (2026-12-01 session), run one after the
+# other on a quiet machine; results in benchmarks/results/cpu/, logs beside them.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+R=benchmarks/results/cpu
+mkdir -p $R
+run() {  # name seconds command...
+  local name=$1 limit=$2; shift 2
+  echo "== $name" >&2
+  timeout "$limit" "$@" > $R/$name.txt 2>&1 || echo "$name: exit $?" >> $R/$name.txt
+}
+run scan_cpp_b1 600 $PY benchmarks/selective_scan.py --threads 2 --json $R/scan_cpp_b1.json
+run scan_backward_cpp_b1 600 $PY benchmarks/scan_backward.py --threads 2 --rounds 3 --json $R/scan_backward_cpp_b1.json
+run vmamba_vs_deit_cpp_b1 600 $PY benchmarks/vmamba_vs_deit.py --threads 2 --json $R/vmamba_vs_deit_cpp_b1.json
+run vmamba_vs_deit_cpp_b8 600 $PY benchmarks/vmamba_vs_deit.py --threads 2 --batch-size 8 --reference no --iters 10 --json $R/vmamba_vs_deit_cpp_b8.json
+run medmamba_vs_deit_cpp_b8 600 $PY benchmarks/vmamba_vs_deit.py --ssm medmamba_tiny --threads 2 --batch-size 8 --reference no --iters 10 --json $R/medmamba_vs_deit_cpp_b8.json
+run vim_vs_deit_cpp_b1 600 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --reference no --json $R/vim_vs_deit_cpp_b1.json
+run vim_vs_deit_cpp_b8 600 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --batch-size 8 --reference no --iters 10 --json $R/vim_vs_deit_cpp_b8.json
+run compile_vs_eager_b1 900 $PY benchmarks/compile_vs_eager.py --threads 2 --pairs deit_small_patch16_224=none,deit_small_patch16_224=tome:r=13,vmamba_tiny_s1l8=none,vmamba_tiny_s1l8=quartermap --json $R/compile_vs_eager_b1.json
