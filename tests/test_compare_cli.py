@@ -206,7 +206,7 @@ def test_reference_presets(seen_by_compare, tmp_path, capsys):
     assert "needs --data DIR" in capsys.readouterr().err
     assert main(["compare", "--preset", "cifar10", "--data", str(tmp_path), "--no-progress",
                  "--out", str(tmp_path / "c")]) == 2
-    assert seen["backbones"] == ["deit_tiny_cifar10", "vmamba_tiny_cifar10"]
+    assert seen["backbones"] == ["deit_tiny_cifar10", "vmamba_tiny_cifar10", "vim_tiny_cifar10"]
     assert seen["data"] == str(tmp_path)
 
 

@@ -82,6 +82,7 @@ class ReferenceModel:
 _VIT = dict(img_size=64, patch_size=8, embed_dim=192, num_heads=3, depth=6)
 _VMAMBA = dict(dims=48, depths=[2, 2, 4, 2])
 _MEDMAMBA = dict(dims=[32, 64, 128, 256], depths=[1, 1, 2, 1])
+_VIM = dict(img_size=64, patch_size=8, stride=8, embed_dim=192, depth=6)
 
 REFERENCE_MODELS: dict[str, ReferenceModel] = {m.name: m for m in [
     ReferenceModel("deit_tiny_pbc64", "deit_tiny_patch16_224", "pbc64", dict(_VIT),
@@ -93,6 +94,9 @@ REFERENCE_MODELS: dict[str, ReferenceModel] = {m.name: m for m in [
                         "16x16 stage-0 map"),
     ReferenceModel("vmamba_tiny_cifar10", "vmamba_tiny_s1l8", "cifar10", dict(_VMAMBA),
                    note="VMamba-T[s1l8] v2 blocks, half width, depths 2-2-4-2, CIFAR-10 at 64 px"),
+    ReferenceModel("vim_tiny_cifar10", "vim_tiny", "cifar10", dict(_VIM),
+                   note="Vim-Ti width (bimamba v2, d_state 16, middle class token), 6 of 24 "
+                        "blocks, patch 8: 8x8 = 64 patches + class token, CIFAR-10 at 64 px"),
     ReferenceModel("medmamba_tiny_pbc64", "medmamba_tiny", "pbc64", dict(_MEDMAMBA),
                    note="MedMamba-T blocks (SS-Conv-SSM, d_state 16), a third of the width, depths 1-1-2-1"),
 ]}

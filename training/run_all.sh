@@ -49,6 +49,13 @@ third_stages() {
     > $L/vmamba_tiny_cifar10.stage3.log 2>&1 &
   wait
 }
+# Vim (a later session, 2026-12-01, alone beside development work, two threads): one run,
+# the compiled CPU scan (--scan-backend cpp) for the forward and backward
+vim_stage() {
+  $PY $T --model vim_tiny_cifar10 --data $DATA/cifar10 --epochs 4 --threads 2 --time-budget 6600 \
+    --scan-backend cpp > $L/vim_tiny_cifar10.log 2>&1
+}
 first_stages_a & first_stages_b & first_stages_c & wait
 second_stages
 third_stages
+vim_stage
