@@ -11,7 +11,8 @@ from tokenred.kernels import ScanBackendError, resolve_backend, scan_reference, 
 from tokenred.kernels import scan_cpp
 
 from conftest import IN_CI
-from test_selective_scan import _scan_grads, float64, make_inputs, rel_err
+from test_selective_scan import (_scan_grads, check_gradients_against_float64, float64,
+                                 make_inputs, rel_err)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -50,26 +51,7 @@ def test_forward_matches_float64_sequential(d_state, length, regime):
 @pytest.mark.parametrize("regime", ["init", "large"])
 def test_gradients_match_autograd_through_float64_reference(d_state, length, layout, gate,
                                                              regime):
-    inputs = make_inputs(2, 16, d_state, length, groups=4, regime=regime, gen_seed=3)
-    g = torch.Generator().manual_seed(7)
-    if layout == "shared":       # [batch, N, L]: one group (Vim)
-        inputs["B"], inputs["C"] = inputs["B"][:, 0], inputs["C"][:, 0]
-    elif layout == "constant":   # [D, N]: served by the torch backend
-        inputs["B"] = torch.randn(16, d_state, generator=g)
-        inputs["C"] = torch.randn(16, d_state, generator=g)
-    if gate:
-        inputs["z"] = torch.randn(2, 16, length, generator=g)
-    grad_out = torch.randn(2, 16, length, generator=g)
-    y_ref, ref = _scan_grads(scan_reference, float64(inputs), grad_out)
-    y, got = _scan_grads(cpp, inputs, grad_out)
-    assert rel_err(y, y_ref) < 1e-5
-    assert set(got) == set(ref)
-    for name in ref:
-        assert got[name].shape == ref[name].shape and got[name].dtype == torch.float32, name
-        if not ref[name].any():
-            assert not got[name].any(), name
-        else:
-            assert rel_err(got[name], ref[name]) < 1e-4, name
+    check_gradients_against_float64(cpp, d_state, length, layout, gate, regime)
 
 
 def test_float64_runs_in_float64():
