@@ -21,6 +21,7 @@ from .flops import count_flops, count_params
 from .kernels import resolve_backend
 from .params import ParameterError, parse_method_spec, split_method_list, split_top_level
 from .registry import get_backbone, get_method
+from .rows import COLUMNS, assemble, make_row  # noqa: F401  (COLUMNS, make_row: public here too)
 from .sites import SiteQuantityError
 from .store import Key, ResultsStore
 from .timing import (benchmark_interleaved, environment, resolve_device, resolve_dtype,
@@ -31,12 +32,6 @@ from .validate import (backbone_input_size, check_amp, check_names, check_positi
 DEFAULT_BACKBONES = ("deit_small_patch16_224", "vmamba_tiny_s1l8")
 DEFAULT_METHODS = ("none", "quartermap", "tome:r=13", "random_drop")
 
-COLUMNS = ["backbone", "method", "params", "match", "n_params", "gflops", "flop_reduction_pct",
-           "images_per_s", "speedup", "latency_median_ms", "latency_iqr_ms", "tokens_out",
-           "top1", "top5", "delta_top1", "delta_top1_ci_low", "delta_top1_ci_high", "mcnemar_p",
-           "agreement", "kl", "eval_images", "eval_failed", "eval_subset", "timing_flags",
-           "backbone_args", "batch_size", "input_size", "dtype", "device", "device_name",
-           "threads", "torch", "timm", "tokenred", "scan_backend"]
 
 
 @dataclass(frozen=True)
@@ -336,36 +331,11 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
             del models
 
         _barrier(world)  # rank 0's last writes are visible to every rank
-        rows, skipped, failed_images, notes = [], list(match_gaps), [], []
-        for bname in backbone_names:
-            base_flops = store.get(key(bname, base_spec, "flops"))
-            for spec in plan[bname]:
-                gap = store.get(key(bname, spec, "unsupported"))
-                if gap is not None:
-                    skipped.append({"backbone": bname, "method": spec.text,
-                                    "reason": gap["reason"]})
-                    continue
-                payloads = {k: store.get(key(bname, spec, k)) for k in kinds_of(bname)}
-                rows.append(make_row(bname, spec.text, batch_size, size_of[bname], payloads,
-                                     base_flops))
-                if payloads.get("eval") and not failed_images:
-                    failed_images = [tuple(f) for f in payloads["eval"]["failed_images"]]
-                add_notes(notes, bname, payloads)
-        df = pd.DataFrame(rows, columns=COLUMNS)
-        df.attrs["skipped"] = skipped
-        df.attrs["failed_images"] = failed_images
-        df.attrs["notes"] = notes
-        return df
-
-
-def add_notes(notes: list[str], backbone: str, payloads: Mapping[str, Optional[dict]]) -> None:
-    """What a report must say about a backbone beyond its numbers (resampled weights, class
-    counts), once each."""
-    for kind in ("flops", "eval"):
-        for text in (payloads.get(kind) or {}).get("notes") or ():
-            line = f"{backbone}: {text}"
-            if line not in notes:
-                notes.append(line)
+        groups = [(bname, spec.text, batch_size, size_of[bname],
+                   {k: key(bname, spec, k) for k in kinds_of(bname) + ("unsupported",)},
+                   key(bname, base_spec, "flops"))
+                  for bname in backbone_names for spec in plan[bname]]
+        return assemble(store, groups, list(match_gaps))
 
 
 def _eval_progress(bname: str, report: Callable[[str], None]) -> Callable[[int, int], None]:
@@ -436,35 +406,6 @@ def _opened_store(store: Union[None, str, os.PathLike, ResultsStore],
     finally:
         if opened is not None:
             opened.close()
-
-
-def make_row(backbone: str, method_text: str, batch_size: int, input_size: int,
-             payloads: dict, base_flops: Optional[dict]) -> dict:
-    """One table row from stored measurements (missing kinds give empty cells)."""
-    flops, timing, ev = (payloads.get(k) or {} for k in ("flops", "timing", "eval"))
-    env = timing.get("env", {})
-    name, _, params = method_text.partition(":")
-    g = flops.get("gflops")
-    g0 = (base_flops or {}).get("gflops")
-    flags = timing.get("flags") or []
-    args = flops.get("backbone_args") or {}
-    row = {"backbone": backbone, "method": name.strip(), "params": params.strip(),
-           "timing_flags": "; ".join(flags) if flags else None,
-           "backbone_args": ", ".join(f"{k}={v}" for k, v in args.items()) or None,
-           "eval_subset": ev.get("eval_subset"),
-           "n_params": flops.get("n_params"), "gflops": g,
-           "flop_reduction_pct": 100.0 * (1 - g / g0) if g is not None and g0 else None,
-           "match": flops.get("match"), "batch_size": batch_size, "input_size": input_size,
-           "dtype": env.get("dtype", "") + ("+amp" if env.get("amp") else ""),
-           "tokens_out": flops.get("tokens_out")}
-    for k in ("images_per_s", "speedup", "latency_median_ms", "latency_iqr_ms"):
-        row[k] = timing.get(k)
-    for k in ("device", "device_name", "threads", "torch", "timm", "tokenred", "scan_backend"):
-        row[k] = env.get(k)
-    for k in ("top1", "top5", "delta_top1", "delta_top1_ci_low", "delta_top1_ci_high",
-              "mcnemar_p", "agreement", "kl", "eval_images", "eval_failed"):
-        row[k] = ev.get(k)
-    return row
 
 
 def _match_targets(match: Any) -> list[tuple[str, float]]:

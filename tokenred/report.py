@@ -11,6 +11,8 @@ from typing import Any
 
 import pandas as pd
 
+from .rows import table_from_store  # noqa: F401  (a run directory's table: tokenred report)
+
 TABLE_COLUMNS = [
     ("method", "method", "{}"),
     ("params", "params", "{}"),
@@ -331,38 +333,3 @@ def write_report(df: pd.DataFrame, out_dir: str, formats=FORMATS, plots: bool = 
 
 def write_run(df: pd.DataFrame, out_dir: str) -> dict[str, str]:
     return write_report(df, out_dir, formats=("csv", "md"), plots=False)
-
-
-def table_from_store(store) -> pd.DataFrame:
-    """The comparison table from a run's results store alone: the latest measurement of each kind
-    per backbone, method, input size, batch size, dtype and device."""
-    from .compare import COLUMNS, add_notes, make_row
-
-    latest: dict[tuple, dict] = {}
-    order: list[tuple] = []
-    skipped, failed = [], []
-    for key, payload in store.items():
-        if key.kind == "match":       # a matched-budget solution, not a measurement row
-            continue
-        group = (key.backbone, key.method, key.input_size, key.batch_size, key.dtype, key.device)
-        if group not in latest:
-            latest[group] = {}
-            order.append(group)
-        latest[group][key.kind] = payload
-    rows, notes = [], []
-    for group in order:
-        payloads = latest[group]
-        if "unsupported" in payloads:
-            skipped.append({"backbone": group[0], "method": group[1],
-                            "reason": payloads["unsupported"]["reason"]})
-            continue
-        base = latest.get((group[0], "none") + group[2:], {}).get("flops")
-        rows.append(make_row(group[0], group[1], group[3], group[2], payloads, base))
-        add_notes(notes, group[0], payloads)
-        if "eval" in payloads and not failed:
-            failed = [tuple(f) for f in payloads["eval"].get("failed_images", [])]
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    df.attrs["skipped"] = skipped
-    df.attrs["failed_images"] = failed
-    df.attrs["notes"] = notes
-    return df

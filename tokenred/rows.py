@@ -1,0 +1,112 @@
+"""The comparison table's row schema, owned once: its columns, a row from stored measurements,
+and the table assembled from a results store, used by ``compare``, ``report`` (a run directory
+alone) and the CLI."""
+from __future__ import annotations
+
+from typing import Mapping, Optional, Sequence
+
+import pandas as pd
+
+COLUMNS = ["backbone", "method", "params", "match", "n_params", "gflops", "flop_reduction_pct",
+           "images_per_s", "speedup", "latency_median_ms", "latency_iqr_ms", "tokens_out",
+           "top1", "top5", "delta_top1", "delta_top1_ci_low", "delta_top1_ci_high", "mcnemar_p",
+           "agreement", "kl", "eval_images", "eval_failed", "eval_subset", "timing_flags",
+           "backbone_args", "batch_size", "input_size", "dtype", "device", "device_name",
+           "threads", "torch", "timm", "tokenred", "scan_backend"]
+
+
+def make_row(backbone: str, method_text: str, batch_size: int, input_size: int,
+             payloads: dict, base_flops: Optional[dict]) -> dict:
+    """One table row from stored measurements (missing kinds give empty cells)."""
+    flops, timing, ev = (payloads.get(k) or {} for k in ("flops", "timing", "eval"))
+    env = timing.get("env", {})
+    name, _, params = method_text.partition(":")
+    g = flops.get("gflops")
+    g0 = (base_flops or {}).get("gflops")
+    flags = timing.get("flags") or []
+    args = flops.get("backbone_args") or {}
+    row = {"backbone": backbone, "method": name.strip(), "params": params.strip(),
+           "timing_flags": "; ".join(flags) if flags else None,
+           "backbone_args": ", ".join(f"{k}={v}" for k, v in args.items()) or None,
+           "eval_subset": ev.get("eval_subset"),
+           "n_params": flops.get("n_params"), "gflops": g,
+           "flop_reduction_pct": 100.0 * (1 - g / g0) if g is not None and g0 else None,
+           "match": flops.get("match"), "batch_size": batch_size, "input_size": input_size,
+           "dtype": env.get("dtype", "") + ("+amp" if env.get("amp") else ""),
+           "tokens_out": flops.get("tokens_out")}
+    for k in ("images_per_s", "speedup", "latency_median_ms", "latency_iqr_ms"):
+        row[k] = timing.get(k)
+    for k in ("device", "device_name", "threads", "torch", "timm", "tokenred", "scan_backend"):
+        row[k] = env.get(k)
+    for k in ("top1", "top5", "delta_top1", "delta_top1_ci_low", "delta_top1_ci_high",
+              "mcnemar_p", "agreement", "kl", "eval_images", "eval_failed"):
+        row[k] = ev.get(k)
+    return row
+
+
+def add_notes(notes: list[str], backbone: str, payloads: Mapping[str, Optional[dict]]) -> None:
+    """What a report must say about a backbone beyond its numbers (resampled weights, class
+    counts), once each."""
+    for kind in ("flops", "eval"):
+        for text in (payloads.get(kind) or {}).get("notes") or ():
+            line = f"{backbone}: {text}"
+            if line not in notes:
+                notes.append(line)
+
+
+def assemble(store, groups: Sequence[tuple], skipped: Optional[list] = None) -> pd.DataFrame:
+    """The table of ``groups``: each ``(backbone, method text, batch size, input size, {kind:
+    key}, baseline flops key)``, one row per group in order; a group stored as unsupported is
+    listed in ``df.attrs["skipped"]`` instead. ``attrs`` also carry the failed images and the
+    notes the report must print."""
+    rows, skipped, failed, notes = [], list(skipped or []), [], []
+    for backbone, method, batch_size, input_size, keys, base_key in groups:
+        gap = store.get(keys["unsupported"]) if "unsupported" in keys else None
+        if gap is not None:
+            skipped.append({"backbone": backbone, "method": method, "reason": gap["reason"]})
+            continue
+        payloads = {k: store.get(key) for k, key in keys.items() if k != "unsupported"}
+        rows.append(make_row(backbone, method, batch_size, input_size, payloads,
+                             store.get(base_key) if base_key is not None else None))
+        if payloads.get("eval") and not failed:
+            failed = [tuple(f) for f in payloads["eval"].get("failed_images", [])]
+        add_notes(notes, backbone, payloads)
+    return _frame(rows, skipped, failed, notes)
+
+
+def _frame(rows: list, skipped: list, failed: list, notes: list) -> pd.DataFrame:
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    df.attrs["skipped"] = skipped
+    df.attrs["failed_images"] = failed
+    df.attrs["notes"] = notes
+    return df
+
+
+def table_from_store(store) -> pd.DataFrame:
+    """The comparison table from a run's results store alone: the latest measurement of each kind
+    per backbone, method, input size, batch size, dtype and device (``tokenred search``'s own
+    measurements, which may share a store, are not comparison rows)."""
+    latest: dict[tuple, dict] = {}
+    order: list[tuple] = []
+    skipped, failed = [], []
+    for key, payload in store.items():
+        if key.kind == "match" or key.variant.startswith('{"search"'):
+            continue
+        group = (key.backbone, key.method, key.input_size, key.batch_size, key.dtype, key.device)
+        if group not in latest:
+            latest[group] = {}
+            order.append(group)
+        latest[group][key.kind] = payload
+    rows, notes = [], []
+    for group in order:
+        payloads = latest[group]
+        if "unsupported" in payloads:
+            skipped.append({"backbone": group[0], "method": group[1],
+                            "reason": payloads["unsupported"]["reason"]})
+            continue
+        base = latest.get((group[0], "none") + group[2:], {}).get("flops")
+        rows.append(make_row(group[0], group[1], group[3], group[2], payloads, base))
+        add_notes(notes, group[0], payloads)
+        if "eval" in payloads and not failed:
+            failed = [tuple(f) for f in payloads["eval"].get("failed_images", [])]
+    return _frame(rows, skipped, failed, notes)
