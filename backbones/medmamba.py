@@ -21,8 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from timm.layers import DropPath
 
-from tokenred.layers.ss2d import (SS2D, GridAdapter, PatchMerging2D, _init_weights, _linspace,
-                                  imagenet_eval_config, pin_scan_backend)
+from tokenred.layers import drop_path_rates, imagenet_eval_config
+from tokenred.layers.ss2d import SS2D, GridAdapter, PatchMerging2D, _init_weights, pin_scan_backend
 from tokenred.checkpoint import CheckpointError
 from tokenred.kernels import check_backend
 from tokenred.registry import register_backbone
@@ -79,7 +79,7 @@ class MedMamba(nn.Module):
         self.patch_embed.proj = nn.Conv2d(in_chans, dims[0], patch_size, patch_size)
         self.patch_embed.norm = nn.LayerNorm(dims[0]) if patch_norm else nn.Identity()
         self.pos_drop = nn.Dropout(drop_rate) if drop_rate > 0 else nn.Identity()
-        rates = _linspace(drop_path_rate, sum(depths))
+        rates = drop_path_rates(drop_path_rate, sum(depths))
         self.layers = nn.ModuleList()
         start = 0
         for i, depth in enumerate(depths):

@@ -39,6 +39,7 @@ from torch import nn
 
 from tokenred.checkpoint import CheckpointError
 from tokenred.kernels import check_backend, selective_scan
+from tokenred.layers import drop_path_rates, imagenet_eval_config
 from tokenred.registry import register_backbone
 from tokenred.sites import (SequenceContext, SequenceState, SequenceTokens, Site,
                             SiteQuantityError, in_sequence_order, register_site_adapter,
@@ -164,12 +165,12 @@ class VisionMamba(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, self.num_patches + 1, embed_dim))
         self.pos_drop = nn.Dropout(drop_rate)
-        rates = [drop_path_rate * i / (depth - 1) if depth > 1 else 0.0 for i in range(depth)]
+        rates = drop_path_rates(drop_path_rate, depth)
         self.layers = nn.ModuleList(VimBlock(embed_dim, d_state, rates[i], norm_epsilon,
                                              if_divide_out, scan_backend) for i in range(depth))
         self.norm_f = RMSNorm(embed_dim, norm_epsilon)
         self.head = nn.Linear(embed_dim, num_classes) if num_classes > 0 else nn.Identity()
-        self.pretrained_cfg = eval_data_config(img_size, num_classes)
+        self.pretrained_cfg = imagenet_eval_config(num_classes, img_size)
         if self.cls_token.device.type != "meta":
             trunc_normal_(self.pos_embed, std=0.02)
             trunc_normal_(self.cls_token, std=0.02)
@@ -197,16 +198,6 @@ class VisionMamba(nn.Module):
     def forward(self, x: torch.Tensor, return_features: bool = False) -> torch.Tensor:
         features = self.forward_features(x)
         return features if return_features else self.head(features)
-
-
-def eval_data_config(img_size: int, num_classes: int) -> dict:
-    """Vim's evaluation protocol (DeiT's): resize to img/0.875 bicubic, center crop, ImageNet
-    mean/std."""
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
-    return {"input_size": (3, img_size, img_size), "interpolation": "bicubic", "crop_pct": 0.875,
-            "crop_mode": "center", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-            "num_classes": num_classes}
 
 
 # --------------------------------------------------------------------------------------------

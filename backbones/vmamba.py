@@ -31,9 +31,9 @@ from timm.layers import DropPath, Mlp
 
 from tokenred.checkpoint import CheckpointError, load_checkpoint, register_checkpoint_filter
 from tokenred.kernels import check_backend
+from tokenred.layers import drop_path_rates, imagenet_eval_config
 from tokenred.layers.ss2d import (ACTIVATIONS, SS2D, GridAdapter, PatchMerging2D, _init_weights,
-                                  _linspace, pin_scan_backend)
-from tokenred.layers.ss2d import imagenet_eval_config as eval_data_config
+                                  pin_scan_backend)
 from tokenred.registry import register_backbone
 from tokenred.sites import register_site_adapter
 
@@ -228,7 +228,7 @@ class VSSM(nn.Module):
         dims = config.stage_dims()
         self.num_classes = config.num_classes
         self.num_features = dims[-1]
-        self.pretrained_cfg = eval_data_config(config.num_classes)
+        self.pretrained_cfg = imagenet_eval_config(config.num_classes)
         gate = FORWARD_TYPES[config.forward_type]
         if config.forward_type == "v0":  # the official v0 path hard-codes these
             conv, conv_bias, act = 3, True, "silu"
@@ -239,7 +239,7 @@ class VSSM(nn.Module):
                    gate=gate, dropout=config.ssm_drop_rate, scan_backend=config.scan_backend)
         self.patch_embed = PatchEmbed(config.patchembed_version, config.in_chans, dims[0],
                                       config.patch_size, config.patch_norm)
-        rates = _linspace(config.drop_path_rate, sum(config.depths))
+        rates = drop_path_rates(config.drop_path_rate, sum(config.depths))
         self.layers = nn.ModuleList()
         start = 0
         for i, depth in enumerate(config.depths):

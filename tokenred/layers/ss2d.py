@@ -208,11 +208,6 @@ def pin_scan_backend(model: nn.Module, backend: Optional[str]) -> Optional[str]:
     return backend
 
 
-def _linspace(end: float, count: int) -> list[float]:
-    """Stochastic-depth rates 0 .. end over ``count`` blocks (plain Python: works on meta)."""
-    return [end * i / (count - 1) if count > 1 else 0.0 for i in range(count)]
-
-
 def _init_weights(m: nn.Module) -> None:
     if isinstance(m, nn.Linear):
         nn.init.trunc_normal_(m.weight, std=0.02)
@@ -222,16 +217,6 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
 
-
-
-def imagenet_eval_config(num_classes: int) -> dict:
-    """VMamba's (and MedMamba's) evaluation protocol in timm's data-config vocabulary (what ``timm.data.
-    resolve_data_config`` reads): short side 256 bicubic, center crop 224, ImageNet mean/std."""
-    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-
-    return {"input_size": (3, 224, 224), "interpolation": "bicubic", "crop_pct": 224 / 256,
-            "crop_mode": "center", "mean": IMAGENET_DEFAULT_MEAN, "std": IMAGENET_DEFAULT_STD,
-            "num_classes": num_classes}
 
 
 # --------------------------------------------------------------------------------------------
