@@ -246,8 +246,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
     from tokenred.search import markdown, search, write_report
 
-    if args.calibration < 1 or args.rounds < 0:
-        raise ValueError("--calibration must be >= 1 and --rounds >= 0")
+    if args.rounds < 0:   # (--calibration is checked against the folder by search)
+        raise ValueError("--rounds must be >= 0")
     text = json.dumps({k: v for k, v in sorted(vars(args).items()) if k not in ("fn", "out")},
                       default=str)
     out = args.out or os.path.join("reports", "search-" + hashlib.sha256(text.encode()).hexdigest()[:10])

@@ -41,7 +41,7 @@ from .apply import apply
 from .evaluate import DataError, ImageList, evaluate, require_readable, scan_folder
 from .flops import count_flops
 from .match import parse_target
-from .params import ParameterError, format_method_spec, parse_method_spec
+from .params import ParameterError, _literal, format_method_spec, parse_method_spec
 from .registry import get_method
 from .sites import adapter_for, select_sites
 from .store import Key, ResultsStore
@@ -91,8 +91,7 @@ def _rate_grid(method: str, rates: Optional[str]) -> tuple[Optional[str], list]:
         name, eq, values = rates.partition("=")
         if not eq or not values.strip():
             raise ParameterError(f"rates={rates!r}: write NAME=V1,V2,... (e.g. keep=0.5,0.7)")
-        parsed = [json.loads(v) if v.strip()[0].isdigit() or v.strip()[0] in "-." else v.strip()
-                  for v in values.split(",") if v.strip()]
+        parsed = [_literal(v) for v in values.split(",") if v.strip()]
         return name.strip(), parsed
     rate = getattr(get_method(method), "rate", None)
     if rate is not None and rate.share:
@@ -109,7 +108,7 @@ class _Measurer:
         self.model, self.bname, self.method, self.params = model, bname, method, params
         self.rate_name, self.input_size, self.images = rate_name, input_size, images
         self.store, self.device, self.eval_batch_size = store, device, eval_batch_size
-        self.progress = progress
+        self.progress, self.weights = progress, weights
         self.grid: list = [None]
         # (what decides a value: the weights and the calibration images by content)
         self.variant = json.dumps({"search": {"weights": weights, "calibration": images.digest,
@@ -132,6 +131,14 @@ class _Measurer:
         params["where"] = "blocks:" + "/".join(str(b) for b in sorted(blocks))
         return format_method_spec(self.method, params)
 
+    def reduced(self, spec: str):
+        """The model with ``spec`` installed on a copy (``none``: the model itself)."""
+        if spec == "none":
+            return self.model
+        model = copy.deepcopy(self.model)
+        apply(model, spec)
+        return model
+
     def _key(self, spec: str, kind: str) -> Key:
         return Key(self.bname, spec, self.input_size, 1, "float32", str(self.device), kind,
                    self.variant)
@@ -143,16 +150,7 @@ class _Measurer:
         specs.setdefault("none", ((), None))
         todo = [s for s in specs if self.store.get(self._key(s, "eval")) is None]
         if todo:
-            models = {"none": self.model}
-            for spec in todo:
-                if spec == "none":
-                    continue
-                blocks, rate = specs[spec]
-                m = copy.deepcopy(self.model)
-                name, params = parse_method_spec(spec)
-                where = params.pop("where")
-                apply(m, name, where=where, **params)
-                models[spec] = m
+            models = {"none": self.model, **{spec: self.reduced(spec) for spec in todo}}
             for spec in todo:
                 self.store.put(self._key(spec, "flops"),
                                {"gflops": count_flops(models[spec], self.input_size).gflops})
@@ -180,17 +178,16 @@ class _Measurer:
 
 
 def pareto_front(points: pd.DataFrame, accuracy: str) -> pd.DataFrame:
-    """Points that no other point beats on both GFLOPs (lower) and ``accuracy`` (higher)."""
-    ordered = points.sort_values(["gflops", accuracy], ascending=[True, False])
-    best, keep = -math.inf, []
-    for i, row in ordered.iterrows():
-        if row[accuracy] > best + 1e-12:
-            keep.append(i)
-            best = row[accuracy]
-    return ordered.loc[keep].reset_index(drop=True)
+    """Points that no other point beats on both GFLOPs (lower) and ``accuracy`` (higher),
+    ascending GFLOPs (``tokenred.report.pareto_front``, which the report plots also use)."""
+    from .report import pareto_front as front_indices
 
+    ordered = points.sort_values(["gflops", accuracy], ascending=[True, False]).reset_index(
+        drop=True)
+    keep = front_indices(list(ordered["gflops"]), list(ordered[accuracy]), x_larger_better=False)
+    return ordered.loc[sorted(keep)].reset_index(drop=True)
 
-def search(backbone: Union[str, torch.nn.Module], method: str, data: str, *,
+def search(backbone: str, method: str, data: str, *,
            budget: Optional[str] = None, max_drop: Optional[float] = None,
            rates: Optional[str] = None, candidates: Any = None, calibration: int = 256,
            rounds: int = 1, input_size: Optional[int] = None, pretrained: bool = True,
@@ -198,8 +195,8 @@ def search(backbone: Union[str, torch.nn.Module], method: str, data: str, *,
            device: str = "cpu", eval_batch_size: int = 64, batch_size: int = 8,
            store: Union[None, str, ResultsStore] = None,
            progress: Optional[Callable[[str], None]] = None) -> SearchResult:
-    """Search ``method``'s sites (and rate) on ``backbone`` (a name, or a model whose name is
-    given by ``backbone_kwargs``-free building) for ``budget`` (``"gflops=3.0"``,
+    """Search ``method``'s sites (and rate) on the registered backbone ``backbone`` (by name: its
+    weights identify the stored measurements) for ``budget`` (``"gflops=3.0"``,
     ``"speedup=1.3"``, ``"latency_ms=20"``) or ``max_drop`` (points of calibration top-1).
     ``method``: a name or spec whose fixed parameters are kept (``"quartermap:mode=avg"``);
     ``rates``: ``"keep=0.5,0.7,0.9"`` (default: a share-type rate on 0.5/0.7/0.9, else sites
@@ -229,15 +226,13 @@ def search(backbone: Union[str, torch.nn.Module], method: str, data: str, *,
     get_method(name)(**params)                      # bad parameters fail before any work
     rate_name, grid = _rate_grid(name, rates)
     dev = resolve_device(device)
-    if isinstance(backbone, str):
-        bname = backbone
-        kwargs = dict(backbone_kwargs or {})
-        size = backbone_input_size(bname, kwargs, input_size)
-        model = _build_backbone(bname, size, pretrained, 0, checkpoint, kwargs).eval().to(dev)
-        weights = _weights_identity(bname, 0, pretrained, checkpoint, kwargs)
-    else:
+    if not isinstance(backbone, str):
         raise ParameterError("search: pass the backbone by name (its weights identify the "
                              "stored measurements)")
+    bname, kwargs = backbone, dict(backbone_kwargs or {})
+    size = backbone_input_size(bname, kwargs, input_size)
+    model = _build_backbone(bname, size, pretrained, 0, checkpoint, kwargs).eval().to(dev)
+    weights = _weights_identity(bname, 0, pretrained, checkpoint, kwargs)
     kinds = get_method(name).kinds
     sites = [s for s in adapter_for(model).sites() if s.kind in kinds]
     if candidates is not None:
@@ -348,14 +343,9 @@ def _local_search(meter: _Measurer, points: pd.DataFrame, blocks: list, grid: li
 
 def _time_front(meter: _Measurer, front: pd.DataFrame, batch_size: int, dev, report
                 ) -> pd.DataFrame:
-    models = {}
-    for spec in front["spec"]:
-        m = copy.deepcopy(meter.model)
-        if spec != "none":
-            name, params = parse_method_spec(spec)
-            where = params.pop("where")
-            apply(m, name, where=where, **params)
-        models[spec] = m
+    # (none: its own copy, since the timing casts and moves the models it is given)
+    models = {spec: copy.deepcopy(meter.model) if spec == "none" else meter.reduced(spec)
+              for spec in front["spec"]}
     report(f"search: time {len(models)} front point(s)")
     res = benchmark_interleaved(models, meter.input_size, batch_size, dev, "float32", False,
                                 3 if dev.type == "cpu" else 50, 10 if dev.type == "cpu" else 30, 3)
@@ -385,7 +375,7 @@ def _evaluate_held_out(meter: _Measurer, chosen: Optional[dict], held: ImageList
         return {}
     # the same measurement on the other images (stored too: a re-run evaluates nothing)
     held_meter = _Measurer(meter.model, meter.bname, meter.method, meter.params, meter.rate_name,
-                           meter.input_size, held, json.loads(meter.variant)["search"]["weights"],
+                           meter.input_size, held, meter.weights,
                            meter.store, dev, eval_batch_size, report)
     held_meter.grid = meter.grid
     got = held_meter.measure([(chosen["blocks"], chosen["rate"])])[chosen["spec"]]

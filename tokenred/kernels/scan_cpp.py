@@ -88,8 +88,9 @@ def supports(u: Tensor, B: Tensor, C: Tensor) -> bool:
 
 def _time_major_groups(t: Tensor, dtype: torch.dtype) -> Tensor:
     """B or C ([b, N, L] or [b, G, N, L]) as contiguous [b, G, L, N]."""
-    t = t.unsqueeze(1) if t.dim() == 3 else t
-    return t.to(dtype).transpose(2, 3).contiguous()
+    from .selective_scan import _grouped
+
+    return _grouped(t).to(dtype).transpose(2, 3).contiguous()
 
 
 def _back_to(g: Tensor, like: Tensor) -> Tensor:
