@@ -59,8 +59,10 @@ def test_front_is_pareto_and_the_budget_is_met(quartermap_search):
 def test_a_rerun_measures_nothing(quartermap_search, monkeypatch):
     _, out = quartermap_search
     calls = []
-    real = search_module.evaluate
-    monkeypatch.setattr(search_module, "evaluate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    measure_module = importlib.import_module("tokenred.measure")
+    real = measure_module.evaluate
+    monkeypatch.setattr(measure_module, "evaluate",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
     again = tokenred.search("vmamba_tiny_pbc64", "quartermap", PBC_SAMPLE_DIR,
                             budget="gflops=0.0765", candidates="stage:0", calibration=64,
                             store=str(out))

@@ -16,7 +16,7 @@ from tokenred.cli import main
 from tokenred.report import latex_escape, pareto_front, table_from_store
 from tokenred.store import Key, ResultsStore
 
-compare_module = sys.modules["tokenred.compare"]   # (tokenred.compare is the function)
+measure_module = sys.modules["tokenred.measure"]
 
 TINY = dict(patch_size=8, embed_dim=48, num_heads=3, depth=2, num_classes=3)
 FAST = dict(input_size=32, batch_size=2, warmup=0, iters=2, rounds=1, backbone_kwargs=TINY)
@@ -40,7 +40,7 @@ def test_rerun_measures_only_what_is_missing(tmp_path, monkeypatch):
     store = ResultsStore(str(tmp_path / "results.sqlite"))
     first = tokenred.compare(["vit_tiny_patch16_224"], ["none", "tome:r=2"], store=store, **FAST)
     measured = []
-    real_count, real_bench = compare_module.count_flops, compare_module.benchmark_interleaved
+    real_count, real_bench = measure_module.count_flops, measure_module.benchmark_interleaved
 
     def counting_flops(model, size):
         measured.append("flops")
@@ -50,8 +50,8 @@ def test_rerun_measures_only_what_is_missing(tmp_path, monkeypatch):
         measured.append(("timing", sorted(models)))
         return real_bench(models, *args, **kwargs)
 
-    monkeypatch.setattr(compare_module, "count_flops", counting_flops)
-    monkeypatch.setattr(compare_module, "benchmark_interleaved", counting_bench)
+    monkeypatch.setattr(measure_module, "count_flops", counting_flops)
+    monkeypatch.setattr(measure_module, "benchmark_interleaved", counting_bench)
     again = tokenred.compare(["vit_tiny_patch16_224"], ["none", "tome:r=2"], store=store, **FAST)
     assert measured == []
     pd.testing.assert_frame_equal(first, again)

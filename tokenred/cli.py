@@ -66,8 +66,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     out_dir = args.out or os.path.join("reports", "run-" + _arguments_digest(args, backbones, specs))
     device, rank = _init_distributed(args.device)
     _use_scan_backend(args.scan_backend, device)
-    bar = tqdm(total=len(backbones) * _steps_per_backbone(args, specs), unit="step",
-               disable=args.no_progress or rank != 0, file=sys.stderr, dynamic_ncols=True)
+    bar = tqdm(total=None, unit="step", disable=args.no_progress or rank != 0, file=sys.stderr,
+               dynamic_ncols=True)
     started = []
 
     def progress(msg: str) -> None:
@@ -75,9 +75,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             started.append(True)
             bar.write(f"run directory {out_dir} (results store {out_dir}/results.sqlite; "
                       f"re-running the same command measures only what it lacks)", file=sys.stderr)
-        bar.total = max(bar.total, bar.n + 1)
+        if bar.total is not None:   # (a method refused while installing reports fewer steps)
+            bar.total = max(bar.total, bar.n + 1)
         bar.set_description(msg[:60])
         bar.update(1)
+
+    def planned(plan) -> None:   # the bar's length: what the store lacks, as compare plans it
+        bar.total = bar.n + plan.steps
+        bar.refresh()
 
     try:
         df = tokenred.compare(backbones, specs, checkpoints=checkpoints, device=device,
@@ -90,8 +95,9 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                               transform_overrides=overrides, store=out_dir, progress=progress,
                               match=_match_targets(args), allow_resample=args.allow_resample,
                               log={k: v for k, v in vars(args).items() if k != "fn"},
-                              compile=args.compile)
-        bar.update(bar.total - bar.n)   # the plan was an estimate: end the bar at 100%
+                              compile=args.compile, on_plan=planned)
+        if bar.total is not None:
+            bar.update(bar.total - bar.n)   # (methods refused while installing: end at 100%)
     finally:
         bar.close()
         _finish_distributed()
@@ -117,12 +123,6 @@ def _use_scan_backend(name: Optional[str], device: str) -> None:
     except ScanBackendError as exc:
         raise ValueError(f"--scan-backend {name}: {exc}") from None
     set_default_backend(name)
-
-
-def _steps_per_backbone(args: argparse.Namespace, specs: list) -> int:
-    n_methods = len(specs) + (0 if any(s.is_baseline for s in specs) else 1)  # compare adds none
-    rounds = min(args.rounds, args.iters) if args.iters else args.rounds
-    return 1 + 2 * n_methods + rounds * n_methods
 
 
 def _pairs(flag: str, items: Sequence[str], form: str) -> dict[str, str]:

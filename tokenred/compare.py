@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
-import json
 import os
 import shutil
 from dataclasses import dataclass
@@ -12,20 +10,15 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 import pandas as pd
 import torch
 
-from .apply import UnsupportedSiteKindError, apply
-from .backbone import create_backbone
-from .checkpoint import load_checkpoint
-from .evaluate import distributed_rank_world, evaluate, require_readable, scan_folder
-from .fingerprint import file_digest
-from .flops import count_flops, count_params
+from .evaluate import distributed_rank_world, scan_folder
 from .kernels import resolve_backend
+from .measure import (NOT_SUPPORTED, BackbonePlan, Keys, Plan, Prepared, Protocol,
+                      build_backbone, kinds_for, measure, plan_backbone, weights_identity)
 from .params import ParameterError, parse_method_spec, split_method_list, split_top_level
-from .registry import get_backbone, get_method
-from .rows import COLUMNS, assemble, make_row  # noqa: F401  (COLUMNS, make_row: public here too)
-from .sites import SiteQuantityError
-from .store import Key, ResultsStore
-from .timing import (benchmark_interleaved, environment, resolve_device, resolve_dtype,
-                     timing_flags)
+from .registry import get_method
+from .rows import COLUMNS, RowSource, assemble, make_row  # noqa: F401  (COLUMNS, make_row: public here too)
+from .store import ResultsStore
+from .timing import benchmark_interleaved, resolve_device, resolve_dtype
 from .validate import (backbone_input_size, check_amp, check_names, check_positive_int,
                        check_transform_overrides, preflight)
 
@@ -71,29 +64,6 @@ def as_method_list(value: Union[str, Sequence[Any]]) -> list:
     return split_method_list(value) if isinstance(value, str) else list(value)
 
 
-def _build_backbone(name: str, input_size: int, pretrained: bool, seed: int,
-                    checkpoint: Optional[str], kwargs: dict, allow_resample: bool = False,
-                    notes: Optional[list] = None) -> torch.nn.Module:
-    """Build ``name`` with seeded random init; a timm ViT made for another resolution is rebuilt
-    for ``input_size`` (timm resamples pretrained position embeddings). A local checkpoint
-    replaces the pretrained download (offline clusters keep their weights on disk); a tensor it
-    had to resample is refused unless ``allow_resample`` (then said in ``notes``). Weights
-    holding NaN/Inf are refused."""
-    pretrained = pretrained and checkpoint is None
-    torch.manual_seed(seed)
-    model = create_backbone(name, pretrained=pretrained, **kwargs)
-    grid = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    if (get_backbone(name) is None and "img_size" not in kwargs and grid is not None
-            and tuple(grid) != (input_size, input_size)):
-        torch.manual_seed(seed)
-        model = create_backbone(name, pretrained=pretrained, img_size=input_size, **kwargs)
-    if checkpoint is not None:
-        report = load_checkpoint(model, checkpoint, allow_resample=allow_resample)
-        if report.resampled and notes is not None:
-            notes.append(report.resampled_text)
-    return model
-
-
 def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
             methods: Union[str, Sequence[str]] = DEFAULT_METHODS, *,
             device: str = "cpu", batch_size: Optional[int] = None,
@@ -109,7 +79,8 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
             progress: Optional[Callable[[str], None]] = None,
             match: Union[None, str, Sequence[str], Mapping[str, float]] = None,
             allow_resample: bool = False, log: Optional[dict] = None,
-            compile: bool = False) -> pd.DataFrame:
+            compile: bool = False,
+            on_plan: Optional[Callable[[Plan], None]] = None) -> pd.DataFrame:
     """Measure ``methods`` (``"name"`` or ``"name:key=value,..."``) on ``backbones``.
 
     Each method runs on its own copy of the same backbone weights; ``none`` (added first when
@@ -120,7 +91,9 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
     had to be resampled to fit is refused unless ``allow_resample``. ``backbone_kwargs``: model
     arguments for every backbone (``{"num_classes": 10}``) or per backbone name
     (``{"deit_tiny_patch16_224": {"patch_size": 4}}``); reports show them. timm models are built
-    for ``input_size``. ``progress`` is called with a short message at each step. A method that
+    for ``input_size``. ``progress`` is called with a short message at each step; ``on_plan``
+    with the plan (``tokenred.measure.Plan``: what the store lacks, and ``plan.steps``, the
+    progress messages measuring it reports) before measuring starts. A method that
     cannot serve a backbone's site kinds (a sequence-only method on VMamba) is skipped there and
     listed in ``df.attrs["skipped"]``.
 
@@ -154,13 +127,61 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
     each target on each backbone (``tokenred.match``); the row's ``params`` show the solved value,
     ``match`` the target, and a method that cannot meet it is listed in ``df.attrs["skipped"]``.
     """
+    protocol, specs, entries, targets = _checked_settings(
+        backbones, methods, device, batch_size, input_size, dtype, amp, warmup, iters, rounds,
+        threads, pretrained, seed, checkpoints, backbone_kwargs, data, limit, num_workers,
+        eval_batch_size, transform_overrides, match, compile)
+    report = progress or (lambda msg: None)
+    rank, world = distributed_rank_world()
+    with _opened_store(store, log) as db:
+        specs_of, labels, gaps = {}, {}, []
+        for entry in entries:
+            specs_of[entry.name], found = _solve_matches(entry, specs, targets, db, seed,
+                                                         allow_resample, labels, report)
+            gaps.extend(found)
+        _barrier(world)     # every rank plans from the same stored state
+        baseline = next(s for s in specs if s.is_baseline).text
+        plan = Plan([plan_backbone(db, e.keys, [s.text for s in specs_of[e.name]], baseline,
+                                   kinds_for(e.keys.images)) for e in entries], world)
+        if on_plan is not None:
+            on_plan(plan)
+        for entry, share in zip(entries, plan.backbones):
+            _measure_backbone(entry, share, db, seed, allow_resample, labels, report, rank == 0)
+        _barrier(world)     # rank 0's last writes are visible to every rank
+        return assemble(db, [RowSource(b.backbone, t, protocol.batch_size, b.keys.input_size,
+                                       {k: b.keys.find(db, t, k)
+                                        for k in kinds_for(b.keys.images) + ("unsupported",)},
+                                       b.keys.find(db, b.baseline, "flops"),
+                                       labels.get((b.backbone, t)))
+                             for b in plan.backbones for t in b.methods], gaps)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One backbone's checked settings: how to build it, and the keys of its measurements."""
+    name: str
+    pretrained: bool
+    checkpoint: Optional[str]
+    kwargs: dict
+    keys: Keys
+
+    def build(self, seed: int, allow_resample: bool, notes: Optional[list] = None):
+        return build_backbone(self.name, self.keys.input_size, self.pretrained, seed,
+                              self.checkpoint, self.kwargs, allow_resample, notes)
+
+
+def _checked_settings(backbones, methods, device, batch_size, input_size, dtype, amp, warmup,
+                      iters, rounds, threads, pretrained, seed, checkpoints, backbone_kwargs,
+                      data, limit, num_workers, eval_batch_size, transform_overrides, match,
+                      compile) -> tuple[Protocol, list, list, list]:
+    """Every setting checked before anything is built or measured (``tokenred.validate``): the
+    protocol, the method specs (baseline first when it was missing), one entry per backbone and
+    the match targets."""
     dev = resolve_device(device)
     on_gpu = dev.type == "cuda"
     batch_size = (128 if on_gpu else 8) if batch_size is None else batch_size
     if eval_batch_size is None:   # evaluation at the model's throughput, not per-batch overhead
         eval_batch_size = batch_size if on_gpu else 64
-    warmup = (50 if on_gpu else 3) if warmup is None else warmup
-    iters = (30 if on_gpu else 10) if iters is None else iters
     backbone_names = as_list(backbones)
     specs = [MethodSpec.parse(m) for m in as_method_list(methods)]
     check_names("backbones", backbone_names)
@@ -175,7 +196,11 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
     if unknown:
         raise ParameterError(f"checkpoint given for {unknown}, which is not among the backbones "
                              f"{backbone_names}")
-    transform_overrides = check_transform_overrides(transform_overrides)
+    protocol = Protocol(dev, resolve_dtype(dtype), amp, batch_size, eval_batch_size,
+                        (50 if on_gpu else 3) if warmup is None else warmup,
+                        (30 if on_gpu else 10) if iters is None else iters, rounds, threads,
+                        compile, resolve_backend(None, dev), num_workers,
+                        check_transform_overrides(transform_overrides))
     kwargs_of = _kwargs_per_backbone(backbone_kwargs, backbone_names)
     pretrained_of = _pretrained_per_backbone(pretrained, backbone_names)
     size_of = {b: backbone_input_size(b, kwargs_of[b], input_size) for b in backbone_names}
@@ -186,185 +211,42 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
         raise ParameterError(f"num_workers={num_workers}: give 0 or more")
     folders = _per_backbone(data, backbone_names, None)
     scanned = {f: scan_folder(f).head(limit) for f in dict.fromkeys(folders.values()) if f}
-    images_of = {b: scanned[f] if f else None for b, f in folders.items()}
-    weights_of = {b: _weights_identity(b, seed, pretrained_of[b], checkpoints.get(b), kwargs_of[b])
-                  for b in backbone_names}
-    with _opened_store(store, log) as store:
-        report = progress or (lambda msg: None)
-        dtype_text = str(resolve_dtype(dtype)).replace("torch.", "") + ("+amp" if amp else "")
-        device_text = str(dev)
-        scan = resolve_backend(None, dev)   # the SSM scan that runs (process default)
-
-        def variant_of(bname: str, kind: str) -> str:
-            # what decides the value, by content: weights by digest, data by its file list
-            weights = weights_of[bname]
-            if kind in ("timing", "match"):   # a speed match depends on the timing protocol too
-                protocol = {"warmup": warmup, "iters": iters, "rounds": rounds, "threads": threads}
-                if scan != "torch":   # (keys stored before other CPU scans existed stay valid)
-                    protocol["scan_backend"] = scan
-                if compile:
-                    protocol["compile"] = True
-                return weights + json.dumps(protocol)
-            if kind == "eval":
-                images = images_of[bname]
-                return weights + json.dumps({"data": images.digest, "subset": images.subset,
-                                             "transform": transform_overrides}, sort_keys=True)
-            return weights if kind == "flops" else ""
-
-        def key(bname: str, spec: MethodSpec, kind: str) -> Key:
-            return Key(bname, spec.text, size_of[bname], batch_size, dtype_text, device_text, kind,
-                       variant_of(bname, kind))
-
-        run_env = environment(dev, resolve_dtype(dtype), amp)   # stored with every measurement
-
-        def kinds_of(bname: str) -> tuple[str, ...]:
-            return ("flops", "timing") + (("eval",) if images_of[bname] is not None else ())
-
-        base_spec = next(s for s in specs if s.is_baseline)
-        targets = _match_targets(match)
-        plan = {b: specs for b in backbone_names}
-        labels: dict[tuple[str, str], str] = {}
-        match_gaps: list[dict] = []
-        if targets:
-            def build(bname: str) -> torch.nn.Module:
-                return _build_backbone(bname, size_of[bname], pretrained_of[bname], seed,
-                                       checkpoints.get(bname), kwargs_of[bname], allow_resample)
-
-            def time_pair(bname: str, base: torch.nn.Module, model: torch.nn.Module) -> float:
-                res = benchmark_interleaved({"none": base, "x": model}, size_of[bname], batch_size,
-                                            dev, dtype, amp, warmup, iters, 2, threads)
-                return res["x"].images_per_s / res["none"].images_per_s
-
-            for bname in backbone_names:
-                plan[bname], gaps = _solve_matches(bname, specs, targets, store, key, build,
-                                                   size_of[bname], time_pair, labels, report)
-                match_gaps.extend(gaps)
-        # under torch.distributed: rank 0 counts, times (one device per configuration) and writes
-        # the store; every rank evaluates its shard of the images
-        rank, world = distributed_rank_world()
-        lead = rank == 0
-        for bname in backbone_names:
-            # every rank reads the same stored state before deciding what to measure
-            _barrier(world)
-            input_size, images = size_of[bname], images_of[bname]
-            specs_here = plan[bname]
-            todo = {spec.text: [k for k in kinds_of(bname)
-                                if store.get(key(bname, spec, k)) is None]
-                    for spec in specs_here if store.get(key(bname, spec, "unsupported")) is None}
-            if not any(todo.values()):
-                report(f"{bname}: all stored, skipped")
-                continue
-            report(f"{bname}: build")
-            build_notes: list[str] = []
-            base = _build_backbone(bname, input_size, pretrained_of[bname], seed,
-                                   checkpoints.get(bname), kwargs_of[bname], allow_resample,
-                                   build_notes)
-            n_params = count_params(base)
-            models, handles = {}, {}
-            for spec in specs_here:
-                # the baseline also runs when others need it (speedup/Δtop-1 from the same pass)
-                if spec.text not in todo or (not todo[spec.text] and not spec.is_baseline):
-                    continue
-                model = copy.deepcopy(base)
-                params = dict(spec.params)
-                where = params.pop("where", None)
-                try:
-                    handles[spec.text] = apply(model, spec.name, where=where, **params)
-                except (UnsupportedSiteKindError, SiteQuantityError, ParameterError) as exc:
-                    # a method that cannot serve this backbone's site kinds (or these parameters on
-                    # them: random_drop's r on a grid) is a gap in the table, not a failure of the
-                    # whole comparison; parameters bad everywhere were refused before measuring
-                    if lead:
-                        store.put(key(bname, spec, "unsupported"),
-                                  {"reason": str(exc), "env": run_env})
-                    report(f"{bname} {spec.text}: not supported, skipped")
-                    continue
-                models[spec.text] = model
-                if "flops" in todo[spec.text] and lead:
-                    report(f"{bname} {spec.text}: count FLOPs")
-                    count = count_flops(model, input_size)
-                    store.put(key(bname, spec, "flops"), {
-                        "n_params": n_params, "gflops": count.gflops,
-                        "tokens_out": getattr(handles[spec.text].state, "tokens_out", None),
-                        "uncounted": count.uncounted, "env": run_env,
-                        "match": labels.get((bname, spec.text)), "notes": build_notes,
-                        "backbone_args": kwargs_of[bname]})
-            del base
-            by_text = {s.text: s for s in specs_here}
-            timed = [t for t in models if "timing" in todo[t]] if lead else []
-            if timed:
-                group = {t: models[t] for t in models if t in timed or t == base_spec.text}
-                results = benchmark_interleaved(group, input_size, batch_size, dev, dtype, amp,
-                                                warmup, iters, rounds, threads,
-                                                progress=lambda m, b=bname: report(f"{b} {m}"),
-                                                compile=compile)
-                ips0 = results[base_spec.text].images_per_s
-                base_flags = timing_flags(results[base_spec.text])
-                for t in timed:
-                    res = results[t]
-                    # a speedup is a ratio: it means nothing when either side's timing does not
-                    flags = timing_flags(res) + [f"baseline: {f}" for f in base_flags
-                                                 if t != base_spec.text]
-                    store.put(key(bname, by_text[t], "timing"), {
-                        "images_per_s": res.images_per_s, "speedup": res.images_per_s / ips0,
-                        "latency_median_ms": res.median_ms, "latency_iqr_ms": res.iqr_ms,
-                        "flags": flags, "env": res.env})
-            evaluated = [t for t in models if "eval" in todo[t]]
-            if evaluated:
-                report(f"{bname}: evaluate on {len(images.paths)} images")
-                group = {t: models[t] for t in models if t in evaluated or t == base_spec.text}
-                ev = evaluate(group, base_spec.text, images, input_size, eval_batch_size, dev,
-                              resolve_dtype(dtype), amp, num_workers, transform_overrides,
-                              progress=_eval_progress(bname, report))
-                require_readable(ev, images.root)
-                top1_base = ev.counts[base_spec.text].metrics(ev.labeled)["top1"]
-                for t in evaluated if lead else ():
-                    m = ev.counts[t].metrics(ev.labeled)
-                    store.put(key(bname, by_text[t], "eval"), {
-                        **m, "delta_top1": m["top1"] - top1_base, "eval_images": ev.n_images,
-                        "eval_failed": len(ev.failed), "failed_images": ev.failed,
-                        "labeled": ev.labeled, "data_config": ev.data_config, "env": run_env,
-                        "eval_subset": images.subset, "notes": ev.notes,
-                        "eval_batch_size": eval_batch_size})
-            for h in handles.values():
-                h.remove()
-            del models
-
-        _barrier(world)  # rank 0's last writes are visible to every rank
-        groups = [(bname, spec.text, batch_size, size_of[bname],
-                   {k: key(bname, spec, k) for k in kinds_of(bname) + ("unsupported",)},
-                   key(bname, base_spec, "flops"))
-                  for bname in backbone_names for spec in plan[bname]]
-        return assemble(store, groups, list(match_gaps))
+    entries = [_Entry(b, pretrained_of[b], checkpoints.get(b), kwargs_of[b],
+                      Keys(b, size_of[b], weights_identity(b, seed, pretrained_of[b],
+                                                           checkpoints.get(b), kwargs_of[b]),
+                           protocol, scanned[folders[b]] if folders[b] else None))
+               for b in backbone_names]
+    return protocol, specs, entries, _match_targets(match)
 
 
-def _eval_progress(bname: str, report: Callable[[str], None]) -> Callable[[int, int], None]:
-    state = {"shown": -1}
-
-    def show(done: int, total: int) -> None:
-        percent = 100 * done // max(total, 1)
-        if percent // 10 != state["shown"] // 10 or done == total:   # every 10%, and the end
-            state["shown"] = percent
-            report(f"{bname}: evaluated {done}/{total} images")
-    return show
-
-
-def _weights_identity(bname: str, seed: int, pretrained: bool, checkpoint: Optional[str],
-                      kwargs: dict) -> str:
-    """The store key of a backbone's weights: a checkpoint (or bundled reference weights) by the
-    digest of its bytes, published downloads by name, random init by seed."""
-    from .reference import get_reference
-
-    reference = get_reference(bname)
-    if checkpoint is not None:
-        if not os.path.isfile(checkpoint):
-            raise FileNotFoundError(f"checkpoint file not found: {checkpoint}")
-        weights = {"checkpoint": file_digest(checkpoint)}
-    elif pretrained and reference is not None and os.path.isfile(reference.weights_file):
-        weights = {"bundled": file_digest(reference.weights_file)}
-    else:
-        weights = {"pretrained": pretrained, "seed": seed}
-    return json.dumps({**weights, "kwargs": kwargs}, sort_keys=True, default=str)
+def _measure_backbone(entry: _Entry, share: BackbonePlan, store: ResultsStore, seed: int,
+                      allow_resample: bool, labels: dict, report: Callable[[str], None],
+                      lead: bool) -> None:
+    """Build the backbone, install every method its share needs, and measure what it lacks.
+    Under torch.distributed rank 0 counts, times (one device per configuration) and writes;
+    every rank evaluates its shard of the images."""
+    if not share.needed:
+        report(f"{entry.name}: all stored, skipped")
+        return
+    report(f"{entry.name}: build")
+    notes: list[str] = []
+    base = entry.build(seed, allow_resample, notes)
+    prepared, refused = Prepared.install(
+        base, share.to_prepare(), share.baseline, backbone=entry.name,
+        input_size=entry.keys.input_size, backbone_args=entry.kwargs,
+        images=entry.keys.images, notes=notes,
+        labels={t: label for (b, t), label in labels.items() if b == entry.name})
+    del base
+    for text, reason in refused.items():
+        # a method that cannot serve this backbone's site kinds (or these parameters on them:
+        # random_drop's r on a grid) is a gap in the table, not a failure of the comparison;
+        # parameters bad everywhere were refused before measuring
+        if lead:
+            store.put(entry.keys.key(text, "unsupported"),
+                      {"reason": reason, "env": entry.keys.protocol.env()})
+        report(f"{entry.name} {text}: not supported, skipped")
+    measure(prepared, share.todo, entry.keys.protocol, entry.keys, store, report, lead)
+    prepared.remove()
 
 
 def _kwargs_per_backbone(value: Optional[Mapping], names: list[str]) -> dict[str, dict]:
@@ -423,40 +305,48 @@ def _match_targets(match: Any) -> list[tuple[str, float]]:
     return targets
 
 
-def _solve_matches(bname: str, specs: list, targets: list, store: ResultsStore, key: Callable,
-                   build: Callable, input_size: int, time_pair: Callable, labels: dict,
-                   report: Callable) -> tuple[list, list]:
-    """The specs to measure on ``bname``: the baseline, then every method solved for every target
+def _solve_matches(entry: _Entry, specs: list, targets: list, store: ResultsStore, seed: int,
+                   allow_resample: bool, labels: dict, report: Callable) -> tuple[list, list]:
+    """The specs to measure on ``entry``: the baseline, then every method solved for every target
     (solutions are stored, so a resumed run does not search again); and the gaps."""
     from .match import rate_of, solve
     from .params import format_method_spec
 
     base_spec = next(s for s in specs if s.is_baseline)
+    if not targets:
+        return specs, []
+    bname, keys, protocol = entry.name, entry.keys, entry.keys.protocol
     out, gaps, base = [base_spec], [], None
+
+    def time_pair(model: torch.nn.Module) -> float:
+        res = benchmark_interleaved({"none": base, "x": model}, keys.input_size,
+                                    protocol.batch_size, protocol.device, protocol.dtype,
+                                    protocol.amp, protocol.warmup, protocol.iters, 2,
+                                    protocol.threads)
+        return res["x"].images_per_s / res["none"].images_per_s
+
     for kind, value in targets:
         target = f"{kind}={value:g}"
         for spec in specs:
             if spec.is_baseline:
                 continue
-            probe = MethodSpec(f"{spec.text} @ {target}", spec.name, spec.params)
-            stored = store.get(key(bname, probe, "match"))
+            probe = f"{spec.text} @ {target}"
+            stored = keys.get(store, probe, "match")
             if stored is None:
                 if base is None:
                     report(f"{bname}: build (matching)")
-                    base = build(bname)
+                    base = entry.build(seed, allow_resample)
                 report(f"{bname} {spec.text}: solve {target}")
                 try:
                     solved = solve(base, spec.name, dict(spec.params), rate_of(get_method(spec.name)),
-                                   (kind, value), input_size,
-                                   lambda m, b=base: time_pair(bname, b, m))
+                                   (kind, value), keys.input_size, time_pair)
                     stored = {"params": solved.params, "achieved": solved.achieved,
                               "reason": solved.reason}
-                except (UnsupportedSiteKindError, SiteQuantityError, ParameterError) as exc:
+                except NOT_SUPPORTED as exc:
                     stored = {"params": None, "achieved": None, "reason": str(exc)}
-                store.put(key(bname, probe, "match"), stored)
+                store.put(keys.key(probe, "match"), stored)
             if stored["params"] is None:
-                gaps.append({"backbone": bname, "method": f"{spec.text} @ {target}",
-                             "reason": stored["reason"]})
+                gaps.append({"backbone": bname, "method": probe, "reason": stored["reason"]})
                 continue
             solved_spec = MethodSpec.parse(format_method_spec(spec.name, stored["params"]))
             if all(s.text != solved_spec.text for s in out):

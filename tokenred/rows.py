@@ -1,11 +1,14 @@
 """The comparison table's row schema, owned once: its columns, a row from stored measurements,
 and the table assembled from a results store, used by ``compare``, ``report`` (a run directory
-alone) and the CLI."""
+alone), ``search`` (its own measurements stay out of comparison tables) and the CLI."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Mapping, Optional, Sequence
 
 import pandas as pd
+
+from .store import Key
 
 COLUMNS = ["backbone", "method", "params", "match", "n_params", "gflops", "flop_reduction_pct",
            "images_per_s", "speedup", "latency_median_ms", "latency_iqr_ms", "tokens_out",
@@ -54,23 +57,40 @@ def add_notes(notes: list[str], backbone: str, payloads: Mapping[str, Optional[d
                 notes.append(line)
 
 
-def assemble(store, groups: Sequence[tuple], skipped: Optional[list] = None) -> pd.DataFrame:
-    """The table of ``groups``: each ``(backbone, method text, batch size, input size, {kind:
-    key}, baseline flops key)``, one row per group in order; a group stored as unsupported is
-    listed in ``df.attrs["skipped"]`` instead. ``attrs`` also carry the failed images and the
-    notes the report must print."""
+@dataclass(frozen=True)
+class RowSource:
+    """Where one row's measurements are stored: a key per kind (``unsupported`` among them when
+    the method may have been refused), the baseline's FLOPs key, and the match target(s) the
+    row's parameters were solved for (``None``: the label stored with the FLOPs, if any)."""
+    backbone: str
+    method: str
+    batch_size: int
+    input_size: int
+    keys: Mapping[str, Key]
+    base_key: Optional[Key]
+    match: Optional[str] = None
+
+
+def assemble(store, sources: Sequence[RowSource], skipped: Optional[list] = None) -> pd.DataFrame:
+    """The table of ``sources``, one row each in order; a source stored as unsupported is listed
+    in ``df.attrs["skipped"]`` instead. ``attrs`` also carry the failed images and the notes the
+    report must print."""
     rows, skipped, failed, notes = [], list(skipped or []), [], []
-    for backbone, method, batch_size, input_size, keys, base_key in groups:
-        gap = store.get(keys["unsupported"]) if "unsupported" in keys else None
+    for src in sources:
+        gap = store.get(src.keys["unsupported"]) if "unsupported" in src.keys else None
         if gap is not None:
-            skipped.append({"backbone": backbone, "method": method, "reason": gap["reason"]})
+            skipped.append({"backbone": src.backbone, "method": src.method,
+                            "reason": gap["reason"]})
             continue
-        payloads = {k: store.get(key) for k, key in keys.items() if k != "unsupported"}
-        rows.append(make_row(backbone, method, batch_size, input_size, payloads,
-                             store.get(base_key) if base_key is not None else None))
+        payloads = {k: store.get(key) for k, key in src.keys.items() if k != "unsupported"}
+        row = make_row(src.backbone, src.method, src.batch_size, src.input_size, payloads,
+                       store.get(src.base_key) if src.base_key is not None else None)
+        if src.match is not None:
+            row["match"] = src.match
+        rows.append(row)
         if payloads.get("eval") and not failed:
             failed = [tuple(f) for f in payloads["eval"].get("failed_images", [])]
-        add_notes(notes, backbone, payloads)
+        add_notes(notes, src.backbone, payloads)
     return _frame(rows, skipped, failed, notes)
 
 
@@ -86,11 +106,13 @@ def table_from_store(store) -> pd.DataFrame:
     """The comparison table from a run's results store alone: the latest measurement of each kind
     per backbone, method, input size, batch size, dtype and device (``tokenred search``'s own
     measurements, which may share a store, are not comparison rows)."""
+    from .measure import is_search_key
+
     latest: dict[tuple, dict] = {}
     order: list[tuple] = []
     skipped, failed = [], []
     for key, payload in store.items():
-        if key.kind == "match" or key.variant.startswith('{"search"'):
+        if key.kind == "match" or is_search_key(key):
             continue
         group = (key.backbone, key.method, key.input_size, key.batch_size, key.dtype, key.device)
         if group not in latest:

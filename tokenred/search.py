@@ -22,14 +22,15 @@ What it does, in order:
    ``none`` (interleaved, as ``compare`` times) and the most accurate one meeting it wins;
    ``max_drop=D``: the cheapest point whose calibration Δtop-1 is at least −D.
 
-Every measurement goes to the results store (a run directory), keyed by the backbone's weights,
-the calibration images (by content) and the protocol, so an interrupted search resumes and a
+Every measurement goes to the results store (a run directory) through ``compare``'s measurement
+kinds and keys (``tokenred.measure``), keyed by the backbone's weights, the split's images (by
+content) and the protocol and marked as the search's own, so an interrupted search resumes and a
 repeated one measures nothing twice.
 """
 from __future__ import annotations
 
 import copy
-import json
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
@@ -37,15 +38,15 @@ from typing import Any, Callable, Optional, Sequence, Union
 import pandas as pd
 import torch
 
-from .apply import apply
-from .evaluate import DataError, ImageList, evaluate, require_readable, scan_folder
-from .flops import count_flops
+from .evaluate import DataError, ImageList, scan_folder
+from .kernels import resolve_backend
 from .match import parse_target
+from .measure import Keys, Prepared, Protocol, build_backbone, measure, weights_identity
 from .params import ParameterError, _literal, format_method_spec, parse_method_spec
 from .registry import get_method
 from .sites import adapter_for, select_sites
-from .store import Key, ResultsStore
-from .timing import benchmark_interleaved, resolve_device
+from .store import ResultsStore
+from .timing import resolve_device
 
 BUDGET_KINDS = ("gflops", "speedup", "latency_ms")
 DEFAULT_SHARE_GRID = (0.5, 0.7, 0.9)
@@ -99,21 +100,37 @@ def _rate_grid(method: str, rates: Optional[str]) -> tuple[Optional[str], list]:
     return None, [None]
 
 
-class _Measurer:
-    """Measures configurations (site set, rate) once each, through the store."""
+#: what a point carries from its stored calibration (or held-out) evaluation
+POINT_FIELDS = ("top1", "delta_top1", "kl", "agreement", "images", "labeled", "none_top1",
+                "delta_top1_ci")
 
-    def __init__(self, model, bname: str, method: str, params: dict, rate_name: Optional[str],
-                 input_size: int, images: ImageList, weights: str, store: ResultsStore,
-                 device, eval_batch_size: int, progress: Callable[[str], None]):
-        self.model, self.bname, self.method, self.params = model, bname, method, params
-        self.rate_name, self.input_size, self.images = rate_name, input_size, images
-        self.store, self.device, self.eval_batch_size = store, device, eval_batch_size
-        self.progress, self.weights = progress, weights
-        self.grid: list = [None]
-        # (what decides a value: the weights and the calibration images by content)
-        self.variant = json.dumps({"search": {"weights": weights, "calibration": images.digest,
-                                              "subset": images.subset}}, sort_keys=True)
-        self.evaluations = 0            # forwards actually run (tests: resuming runs none)
+
+def _point_fields(ev: dict) -> dict:
+    """A point's accuracy fields from the eval payload ``compare`` stores (or from the one
+    searches stored before they shared it, which held these fields as they are)."""
+    if "eval_images" in ev:
+        ev = {**ev, "images": ev["eval_images"], "none_top1": ev["top1"] - ev["delta_top1"],
+              "delta_top1_ci": [ev["delta_top1_ci_low"], ev["delta_top1_ci_high"]]}
+    return {k: ev[k] for k in POINT_FIELDS}
+
+
+class _Measurer:
+    """Measures configurations (site set, rate) once each, through the store, with the
+    measurement kinds ``compare`` uses (``tokenred.measure``)."""
+
+    def __init__(self, model, method: str, params: dict, rate_name: Optional[str], grid: list,
+                 keys: Keys, store: ResultsStore, backbone_args: dict,
+                 progress: Callable[[str], None]):
+        self.model, self.method, self.params = model, method, params
+        self.rate_name, self.grid, self.keys, self.store = rate_name, grid, keys, store
+        self.backbone_args, self.progress = backbone_args, progress
+        self.evaluations = 0            # configurations actually evaluated (tests: resuming: 0)
+
+    def on(self, images: ImageList, split: str) -> "_Measurer":
+        """The same measurements on another split of the images."""
+        other = copy.copy(self)
+        other.keys = dataclasses.replace(self.keys, images=images, search=split)
+        return other
 
     def rate_value(self, rate: Any) -> Any:
         """A rate read back from a DataFrame (NaN, 4.0) as the grid gave it (None, 4)."""
@@ -131,49 +148,38 @@ class _Measurer:
         params["where"] = "blocks:" + "/".join(str(b) for b in sorted(blocks))
         return format_method_spec(self.method, params)
 
-    def reduced(self, spec: str):
-        """The model with ``spec`` installed on a copy (``none``: the model itself)."""
-        if spec == "none":
-            return self.model
-        model = copy.deepcopy(self.model)
-        apply(model, spec)
-        return model
-
-    def _key(self, spec: str, kind: str) -> Key:
-        return Key(self.bname, spec, self.input_size, 1, "float32", str(self.device), kind,
-                   self.variant)
+    def take(self, specs: Sequence[str], kinds: Sequence[str]) -> None:
+        """Measure ``kinds`` of ``specs`` the store lacks (next to ``none``, as compare does)."""
+        todo = {s: [k for k in kinds if self.keys.get(self.store, s, k) is None] for s in specs}
+        todo = {s: k for s, k in todo.items() if k}
+        if not todo:
+            return
+        prepared, refused = Prepared.install(
+            self.model, list(dict.fromkeys(["none", *todo])), "none",
+            backbone=self.keys.backbone, input_size=self.keys.input_size,
+            backbone_args=self.backbone_args, images=self.keys.images)
+        if refused:
+            raise ParameterError(next(iter(refused.values())))
+        if "eval" in kinds:
+            images = self.keys.images
+            self.progress(f"search: evaluate {len(todo)} configuration(s) on "
+                          f"{len(images.paths)} images ({images.subset})")
+            self.evaluations += sum("eval" in k for k in todo.values())
+        measure(prepared, todo, self.keys.protocol, self.keys, self.store, lambda msg: None)
+        prepared.remove()
 
     def measure(self, configs: Sequence[tuple[tuple, Any]]) -> dict[str, dict]:
-        """Payloads (gflops, top1, delta_top1, kl, agreement) of every configuration; those not
-        in the store are measured in one evaluation pass, next to ``none``."""
+        """Points (spec, blocks, rate, gflops and the accuracy fields) of every configuration;
+        those not in the store are measured in one evaluation pass, next to ``none``."""
         specs = {self.spec(b, r): (b, r) for b, r in configs}
         specs.setdefault("none", ((), None))
-        todo = [s for s in specs if self.store.get(self._key(s, "eval")) is None]
-        if todo:
-            models = {"none": self.model, **{spec: self.reduced(spec) for spec in todo}}
-            for spec in todo:
-                self.store.put(self._key(spec, "flops"),
-                               {"gflops": count_flops(models[spec], self.input_size).gflops})
-            self.progress(f"search: evaluate {len(todo)} configuration(s) on "
-                          f"{len(self.images.paths)} images ({self.images.subset})")
-            ev = evaluate(models, "none", self.images, self.input_size, self.eval_batch_size,
-                          self.device, torch.float32, False, 0, None)
-            require_readable(ev, self.images.root)
-            self.evaluations += len(todo)
-            base = ev.counts["none"].metrics(ev.labeled)["top1"]
-            for spec in todo:
-                m = ev.counts[spec].metrics(ev.labeled)
-                self.store.put(self._key(spec, "eval"), {
-                    "top1": m["top1"], "delta_top1": m["top1"] - base, "kl": m["kl"],
-                    "agreement": m["agreement"], "images": ev.n_images, "labeled": ev.labeled,
-                    "none_top1": base, "delta_top1_ci": [m["delta_top1_ci_low"],
-                                                         m["delta_top1_ci_high"]]})
+        self.take(list(specs), ("flops", "eval"))
         out = {}
         for spec, (blocks, rate) in specs.items():
-            rate = self.rate_value(rate)
-            payload = dict(self.store.get(self._key(spec, "eval")))
-            payload.update(self.store.get(self._key(spec, "flops")))
-            out[spec] = {"spec": spec, "blocks": tuple(sorted(blocks)), "rate": rate, **payload}
+            out[spec] = {"spec": spec, "blocks": tuple(sorted(blocks)),
+                         "rate": self.rate_value(rate),
+                         **_point_fields(self.keys.get(self.store, spec, "eval")),
+                         "gflops": self.keys.get(self.store, spec, "flops")["gflops"]}
         return out
 
 
@@ -202,7 +208,6 @@ def search(backbone: str, method: str, data: str, *,
     ``rates``: ``"keep=0.5,0.7,0.9"`` (default: a share-type rate on 0.5/0.7/0.9, else sites
     only); ``candidates``: a ``where`` selector limiting the sites tried (default all of the
     method's kind). See the module docstring for the procedure."""
-    from .compare import _build_backbone, _weights_identity
     from .validate import backbone_input_size
 
     if (budget is None) == (max_drop is None):
@@ -231,8 +236,11 @@ def search(backbone: str, method: str, data: str, *,
                              "stored measurements)")
     bname, kwargs = backbone, dict(backbone_kwargs or {})
     size = backbone_input_size(bname, kwargs, input_size)
-    model = _build_backbone(bname, size, pretrained, 0, checkpoint, kwargs).eval().to(dev)
-    weights = _weights_identity(bname, 0, pretrained, checkpoint, kwargs)
+    model = build_backbone(bname, size, pretrained, 0, checkpoint, kwargs).eval().to(dev)
+    on_gpu = dev.type == "cuda"   # compare's default timing protocol
+    protocol = Protocol(dev, torch.float32, False, batch_size, eval_batch_size,
+                        50 if on_gpu else 3, 30 if on_gpu else 10, 3,
+                        scan=resolve_backend(None, dev))
     kinds = get_method(name).kinds
     sites = [s for s in adapter_for(model).sites() if s.kind in kinds]
     if candidates is not None:
@@ -247,9 +255,9 @@ def search(backbone: str, method: str, data: str, *,
         os.makedirs(store, exist_ok=True)
     db = ResultsStore.in_run_dir(store) if isinstance(store, str) else (store or ResultsStore())
     try:
-        meter = _Measurer(model, bname, name, params, rate_name, size, calib, weights, db, dev,
-                          eval_batch_size, report)
-        meter.grid = grid
+        keys = Keys(bname, size, weights_identity(bname, 0, pretrained, checkpoint, kwargs),
+                    protocol, calib, search="calibration")
+        meter = _Measurer(model, name, params, rate_name, grid, keys, db, kwargs, report)
         blocks = [s.block for s in sites]
         sensitivity = _sensitivity(meter, blocks, grid)
         points = _greedy(meter, blocks, grid, report)
@@ -258,9 +266,9 @@ def search(backbone: str, method: str, data: str, *,
             points = _local_search(meter, points, blocks, grid, accuracy)
         front = pareto_front(points, accuracy)
         if target is not None and target[0] in ("speedup", "latency_ms"):
-            front = _time_front(meter, front, batch_size, dev, report)
+            front = _time_front(meter, front, report)
         chosen = _recommend(front, target, max_drop, accuracy)
-        held_out = _evaluate_held_out(meter, chosen, held, eval_batch_size, dev, report)
+        held_out = _evaluate_held_out(meter, chosen, held)
     finally:
         if own_store:
             db.close()
@@ -341,18 +349,14 @@ def _local_search(meter: _Measurer, points: pd.DataFrame, blocks: list, grid: li
                    for k, v in merged.items()})
 
 
-def _time_front(meter: _Measurer, front: pd.DataFrame, batch_size: int, dev, report
-                ) -> pd.DataFrame:
-    # (none: its own copy, since the timing casts and moves the models it is given)
-    models = {spec: copy.deepcopy(meter.model) if spec == "none" else meter.reduced(spec)
-              for spec in front["spec"]}
-    report(f"search: time {len(models)} front point(s)")
-    res = benchmark_interleaved(models, meter.input_size, batch_size, dev, "float32", False,
-                                3 if dev.type == "cpu" else 50, 10 if dev.type == "cpu" else 30, 3)
-    base = res["none"].images_per_s
+def _time_front(meter: _Measurer, front: pd.DataFrame, report) -> pd.DataFrame:
+    specs = list(front["spec"])
+    report(f"search: time {len(specs)} front point(s)")
+    meter.take(specs, ("timing",))
+    timing = [meter.keys.get(meter.store, s, "timing") for s in specs]
     front = front.copy()
-    front["speedup"] = [res[s].images_per_s / base for s in front["spec"]]
-    front["latency_ms"] = [res[s].median_ms for s in front["spec"]]
+    front["speedup"] = [t["speedup"] for t in timing]
+    front["latency_ms"] = [t["latency_median_ms"] for t in timing]
     return front
 
 
@@ -369,19 +373,16 @@ def _recommend(front: pd.DataFrame, target, max_drop: Optional[float], accuracy:
     return ok.sort_values([accuracy, "gflops"], ascending=[False, True]).iloc[0].to_dict()
 
 
-def _evaluate_held_out(meter: _Measurer, chosen: Optional[dict], held: ImageList,
-                       eval_batch_size: int, dev, report) -> dict:
+def _evaluate_held_out(meter: _Measurer, chosen: Optional[dict], held: ImageList) -> dict:
     if chosen is None or chosen["spec"] == "none":
         return {}
     # the same measurement on the other images (stored too: a re-run evaluates nothing)
-    held_meter = _Measurer(meter.model, meter.bname, meter.method, meter.params, meter.rate_name,
-                           meter.input_size, held, meter.weights,
-                           meter.store, dev, eval_batch_size, report)
-    held_meter.grid = meter.grid
+    held_meter = meter.on(held, "held_out")
     got = held_meter.measure([(chosen["blocks"], chosen["rate"])])[chosen["spec"]]
     meter.evaluations += held_meter.evaluations
     return {k: got[k] for k in ("images", "none_top1", "top1", "delta_top1", "delta_top1_ci",
                                 "kl", "agreement")}
+
 
 def markdown(result: SearchResult, backbone: str, method: str) -> str:
     """The search as a short Markdown report: splits, sensitivity, front, recommendation."""
