@@ -44,6 +44,46 @@ def test_forward_matches_float64_sequential(d_state, length, regime):
     assert rel_err(y, ref) < 1e-5
 
 
+def time_major(t):
+    """The same values as a [b, d, L] view of time-major [L, b, d] storage (VMamba's layout)."""
+    return t.permute(2, 0, 1).contiguous().permute(1, 2, 0)
+
+
+@pytest.mark.parametrize("d_state,dim,groups", [(1, 16, 4), (1, 200, 2), (16, 16, 4), (3, 8, 1)])
+@pytest.mark.parametrize("length", [1, 65, 3136])
+@pytest.mark.parametrize("regime", ["init", "large"])
+@pytest.mark.parametrize("extras", ["all", "none"])
+def test_time_major_inference_matches_float64_sequential(d_state, dim, groups, length, regime,
+                                                         extras):
+    # dim 200 in 2 groups: blocks of 64 channels that end inside a group, and a short last one
+    inputs = make_inputs(2, dim, d_state, length, groups=groups, regime=regime)
+    if extras == "all":
+        inputs["z"] = torch.randn(2, dim, length)
+    else:
+        inputs.update(D=None, delta_bias=None, delta_softplus=False)
+        inputs["delta"] = inputs["delta"].abs()
+    ref = scan_reference(**float64(inputs))
+    fed = dict(inputs, u=time_major(inputs["u"]), delta=time_major(inputs["delta"]))
+    assert scan_cpp.time_major_inference(fed["u"], fed["delta"], fed["B"], fed["C"])
+    with torch.no_grad():
+        y = cpp(**fed)
+    assert y.shape == (2, dim, length) and y.dtype == torch.float32
+    assert scan_cpp.is_time_major(y) or length == 1        # no copy back to channel-major
+    assert rel_err(y, ref) < 1e-5
+    float64_y = scan_cpp.scan_cpp_time_major(**float64(fed))
+    assert float64_y.dtype == torch.float64 and rel_err(float64_y, ref) < 1e-12
+
+
+def test_time_major_inputs_needing_gradients_take_the_differentiable_kernel():
+    inputs = make_inputs(1, 8, 1, 20)
+    u = time_major(inputs["u"]).requires_grad_()
+    assert not scan_cpp.time_major_inference(u, time_major(inputs["delta"]), inputs["B"],
+                                             inputs["C"])
+    y = cpp(**dict(inputs, u=u, delta=time_major(inputs["delta"])))
+    y.sum().backward()
+    assert u.grad is not None and torch.isfinite(u.grad).all()
+
+
 @pytest.mark.parametrize("d_state,length,layout,gate", [
     (1, 49, "grouped", False), (1, 300, "grouped", True), (16, 196, "grouped", True),
     (16, 65, "shared", True), (4, 97, "shared", False), (4, 33, "constant", True),

@@ -134,6 +134,27 @@ def test_public_function_dispatches_and_records_one_op():
                                    atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("time_major", [False, True])
+def test_the_op_keeps_the_layout_its_fake_promises(time_major):
+    """torch.compile traces the op with its fake and asserts the real output's strides: a fake
+    that said "contiguous" for the torch scan's time-major output made every SSM backbone fail to
+    compile. opcheck compares fake and real metadata, strides included."""
+    from tokenred.kernels import scan_cpp
+    from tokenred.kernels.selective_scan import _selective_scan_op
+
+    batch, dim, length, n = 2, 8, 16, 4
+    if time_major:   # as VMamba hands them over: [B, D, L] views of [L, B, D] storage
+        u, delta = (torch.randn(length, batch, dim).permute(1, 2, 0) for _ in range(2))
+    else:
+        u, delta = torch.randn(batch, dim, length), torch.randn(batch, dim, length)
+    args = (u, delta, -torch.rand(dim, n), torch.randn(batch, 1, n, length),
+            torch.randn(batch, 1, n, length), torch.randn(dim), None, torch.randn(dim), True)
+    backends = ["torch", "reference"] + (["cpp"] if scan_cpp.available() else [])
+    for backend in backends:
+        result = torch.library.opcheck(_selective_scan_op, args + (backend,))
+        assert set(result.values()) == {"SUCCESS"}, (backend, result)
+
+
 def test_backend_errors_are_clear():
     inputs = make_inputs(1, 4, 1, 5)
     with pytest.raises(ScanBackendError, match="unknown selective-scan backend 'cuda_magic'"):

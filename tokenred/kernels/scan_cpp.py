@@ -4,7 +4,9 @@ under torch's extension folder, ``TORCH_EXTENSIONS_DIR``).
 
 The kernel runs the sequential recurrence one channel at a time with its N states in registers,
 parallel over batch × channels (forward) or batch × group × channel splits (backward, which
-recomputes the states instead of storing them). The softplus/bias of Δ, the D skip and the z gate
+recomputes the states instead of storing them). Inference on time-major inputs (VMamba's layout)
+takes a second kernel that steps through time over blocks of channels, vectorised across them,
+with the bias, softplus and D skip fused (``scan_cpp_time_major``). The softplus/bias of Δ, the D skip and the z gate
 are elementwise and stay in PyTorch, so autograd differentiates them; the kernel's own backward
 gives the gradients of the core. B/C given as constant [D, N] are not handled here (no Mamba model
 uses them): ``supports`` says so and the dispatcher uses ``torch`` for them.
@@ -120,6 +122,41 @@ class _CoreScan(torch.autograd.Function):
         splits = max(1, -(-2 * torch.get_num_threads() // (batch * groups)))
         du, ddt, dA, dB, dC = load().backward(u, dt, A, Bt, Ct, grad_y.to(u.dtype), splits)
         return du, ddt, dA.to(A0.dtype), _back_to(dB, B0), _back_to(dC, C0)
+
+
+def is_time_major(t: Tensor) -> bool:
+    """A [b, d, L] view of time-major [L, b, d] storage (VMamba's layout)."""
+    return t.dim() == 3 and t.permute(2, 0, 1).is_contiguous()
+
+
+def time_major_inference(u: Tensor, delta: Tensor, B: Tensor, C: Tensor) -> bool:
+    """Whether the time-major kernel serves this call: no gradient is needed and u, Δ come as
+    time-major views (it then returns y in the same layout)."""
+    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, B, C))
+    return not needs_grad and is_time_major(u) and is_time_major(delta)
+
+
+def scan_cpp_time_major(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                        D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+                        delta_bias: Optional[Tensor] = None,
+                        delta_softplus: bool = False) -> Tensor:
+    """Inference on time-major u, Δ: one kernel pass with the bias, softplus and D skip fused;
+    returns y as a [b, d, L] view of time-major storage (no copy in or out but B/C's small
+    [L, b, G, N] one)."""
+    from .selective_scan import _grouped
+
+    ct = torch.float64 if u.dtype == torch.float64 else torch.float32
+    dim = u.shape[1]
+
+    def vector(v: Optional[Tensor]) -> Tensor:
+        return (torch.zeros(dim, dtype=ct) if v is None else v.to(ct)).contiguous()
+
+    bt, cc = (_grouped(t).to(ct).permute(3, 0, 1, 2).contiguous() for t in (B, C))
+    y = load().forward_time_major(u.permute(2, 0, 1).to(ct), delta.permute(2, 0, 1).to(ct),
+                                  vector(delta_bias), A.to(ct).contiguous(), bt, cc, vector(D),
+                                  bool(delta_softplus))
+    y = y.permute(1, 2, 0)
+    return y * F.silu(z.to(ct)) if z is not None else y
 
 
 def scan_cpp(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,

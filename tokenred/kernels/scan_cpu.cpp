@@ -7,7 +7,8 @@
 // and biased; the D skip and the z gate are elementwise and stay in PyTorch).
 //   u, dt : [b, d, L]      A : [d, N]      Bt, Ct : [b, G, L, N]  (time-major per group)
 // The backward recomputes each channel's states into a per-thread buffer (no [b, d, L, N] tensor
-// is ever stored) and runs the adjoint recurrence backwards in time.
+// is ever stored) and runs the adjoint recurrence backwards in time. forward_time_major is the
+// inference path for time-major inputs (VMamba's layout), vectorised over channels.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -134,6 +135,82 @@ void scan_backward(const T* u, const T* dt, const T* A, const T* Bt, const T* Ct
   });
 }
 
+// Inference on time-major inputs, as VMamba lays them out (u, raw dt: [L, b, d]; Bt, Ct:
+// [L, b, G, N]; y: [L, b, d]): each work item is a block of channels of one group, its states
+// h[n][j] in a small buffer, and every step is a loop over the block's channels, which the
+// compiler vectorises (at d_state 1 the channel-major loop above has one state per channel and
+// nothing to vectorise). The bias, softplus and D skip are fused: nothing is copied or written
+// besides y.
+constexpr int64_t kBlock = 64;
+
+template <typename T>
+inline T softplus(T x) {
+  return x > T(20) ? x : std::log1p(std::exp(x));   // torch's softplus (beta 1, threshold 20)
+}
+
+template <typename T, int NS>
+void scan_forward_time_major(const T* u, const T* dt_raw, const T* bias, const T* A,
+                             const T* Bt, const T* Ct, const T* Dskip, T* y, int64_t L,
+                             int64_t b, int64_t d, int64_t N, int64_t G, bool use_softplus) {
+  const int64_t per_group = d / G;
+  const int64_t blocks = (per_group + kBlock - 1) / kBlock;
+  const int64_t n_states = NS > 0 ? NS : N;
+  at::parallel_for(0, b * G * blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> h(n_states * kBlock), At(n_states * kBlock), dt(kBlock), acc(kBlock);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t bi = item / (G * blocks), g = (item / blocks) % G, blk = item % blocks;
+      const int64_t c0 = g * per_group + blk * kBlock;
+      const int64_t w = std::min(kBlock, (g + 1) * per_group - c0);
+      for (int64_t n = 0; n < n_states; ++n)
+        for (int64_t j = 0; j < w; ++j) {
+          At[n * kBlock + j] = A[(c0 + j) * n_states + n];
+          h[n * kBlock + j] = T(0);
+        }
+      const T* bias_c = bias + c0;
+      const T* D_c = Dskip + c0;
+      for (int64_t t = 0; t < L; ++t) {
+        const int64_t row = (t * b + bi) * d + c0;
+        const T* __restrict ut = u + row;
+        const T* __restrict rt = dt_raw + row;
+        const T* bt = Bt + ((t * b + bi) * G + g) * n_states;
+        const T* ct = Ct + ((t * b + bi) * G + g) * n_states;
+        T* __restrict yt = y + row;
+        T* __restrict dtv = dt.data();
+        T* __restrict accv = acc.data();
+        for (int64_t j = 0; j < w; ++j) {
+          const T x = rt[j] + bias_c[j];
+          dtv[j] = use_softplus ? softplus(x) : x;
+          accv[j] = D_c[j] * ut[j];
+        }
+        for (int64_t n = 0; n < n_states; ++n) {
+          const T bn = bt[n], cn = ct[n];
+          T* __restrict hn = h.data() + n * kBlock;
+          const T* __restrict an = At.data() + n * kBlock;
+          for (int64_t j = 0; j < w; ++j) {
+            hn[j] = std::exp(dtv[j] * an[j]) * hn[j] + dtv[j] * ut[j] * bn;
+            accv[j] += hn[j] * cn;
+          }
+        }
+        for (int64_t j = 0; j < w; ++j) yt[j] = accv[j];
+      }
+    }
+  });
+}
+
+template <typename T>
+void dispatch_forward_time_major(const T* u, const T* dt_raw, const T* bias, const T* A,
+                                 const T* Bt, const T* Ct, const T* Dskip, T* y, int64_t L,
+                                 int64_t b, int64_t d, int64_t N, int64_t G, bool use_softplus) {
+  if (N == 1)
+    return scan_forward_time_major<T, 1>(u, dt_raw, bias, A, Bt, Ct, Dskip, y, L, b, d, N, G,
+                                         use_softplus);
+  if (N == 16)
+    return scan_forward_time_major<T, 16>(u, dt_raw, bias, A, Bt, Ct, Dskip, y, L, b, d, N, G,
+                                          use_softplus);
+  scan_forward_time_major<T, 0>(u, dt_raw, bias, A, Bt, Ct, Dskip, y, L, b, d, N, G,
+                                use_softplus);
+}
+
 template <typename T>
 void dispatch_forward(const T* u, const T* dt, const T* A, const T* Bt, const T* Ct, T* y,
                       int64_t b, int64_t d, int64_t L, int64_t N, int64_t G) {
@@ -204,7 +281,36 @@ std::vector<torch::Tensor> backward(torch::Tensor u, torch::Tensor dt, torch::Te
   return {du, ddt, dA.sum(0), dB.sum(2), dC.sum(2)};
 }
 
+torch::Tensor forward_time_major(torch::Tensor u, torch::Tensor dt_raw, torch::Tensor bias,
+                                 torch::Tensor A, torch::Tensor Bt, torch::Tensor Ct,
+                                 torch::Tensor Dskip, bool use_softplus) {
+  for (const auto* t : {&u, &dt_raw, &bias, &A, &Bt, &Ct, &Dskip}) {
+    TORCH_CHECK(t->device().is_cpu(), "scan_cpu: CPU tensors only");
+    TORCH_CHECK(t->is_contiguous(), "scan_cpu: contiguous tensors only");
+    TORCH_CHECK(t->scalar_type() == u.scalar_type(), "scan_cpu: one dtype for all inputs");
+  }
+  TORCH_CHECK(u.dim() == 3 && dt_raw.sizes() == u.sizes(), "scan_cpu: u, dt must be [L, b, d]");
+  const int64_t L = u.size(0), b = u.size(1), d = u.size(2);
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == d, "scan_cpu: A must be [d, N]");
+  TORCH_CHECK(bias.dim() == 1 && bias.size(0) == d && Dskip.dim() == 1 && Dskip.size(0) == d,
+              "scan_cpu: bias and D must be [d]");
+  TORCH_CHECK(Bt.dim() == 4 && Bt.sizes() == Ct.sizes() && Bt.size(0) == L && Bt.size(1) == b &&
+                  Bt.size(3) == A.size(1) && d % Bt.size(2) == 0,
+              "scan_cpu: B, C must be [L, b, G, N]");
+  auto y = torch::empty_like(u);
+  AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "scan_cpu_forward_time_major", [&] {
+    dispatch_forward_time_major<scalar_t>(
+        u.data_ptr<scalar_t>(), dt_raw.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
+        A.data_ptr<scalar_t>(), Bt.data_ptr<scalar_t>(), Ct.data_ptr<scalar_t>(),
+        Dskip.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), L, b, d, A.size(1), Bt.size(2),
+        use_softplus);
+  });
+  return y;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward_time_major", &forward_time_major,
+        "selective scan, inference on time-major inputs (bias, softplus and D skip fused)");
   m.def("forward", &forward, "selective scan core, forward");
   m.def("backward", &backward, "selective scan core, backward (du, ddt, dA, dB, dC)");
 }

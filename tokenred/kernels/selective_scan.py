@@ -500,6 +500,8 @@ def _scan_cpp(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     if not scan_cpp.supports(u, B, C):   # constant [D, N] B/C
         scan = scan_torch_autograd if torch.is_grad_enabled() else scan_torch
         return scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    if scan_cpp.time_major_inference(u, delta, B, C):
+        return scan_cpp.scan_cpp_time_major(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return scan_cpp.scan_cpp(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 
@@ -518,12 +520,29 @@ _DIFFERENTIABLE = {"torch": scan_torch_autograd, "cpp": _scan_cpp, "reference": 
 def _selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                        D: Optional[Tensor], z: Optional[Tensor], delta_bias: Optional[Tensor],
                        delta_softplus: bool, backend: str) -> Tensor:
-    return _IMPLEMENTATIONS[backend](u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    out = _IMPLEMENTATIONS[backend](u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    like = _output_like(u, backend)
+    if out.stride() != like.stride():   # the layout the fake promises (torch.compile asserts it)
+        out = like.copy_(out)           # (a fallback path: cpp on constant B/C runs torch's scan)
+    return out
+
+
+def _output_like(u: Tensor, backend: str) -> Tensor:
+    """An empty output in the layout ``backend`` returns: the chunked ``torch`` scan's is a
+    [B, D, L] view of time-major [L, B, D] storage (no copy back), and so is ``cpp``'s for
+    time-major u and Δ; every other one is contiguous."""
+    dtype = _compute_dtype(u)
+    # (cpp on time-major u keeps that layout; the op is inference only, so no gradient is needed)
+    if backend == "torch" or (backend == "cpp" and u.dim() == 3
+                              and u.permute(2, 0, 1).is_contiguous()):
+        batch, dim, length = u.shape
+        return u.new_empty((length, batch, dim), dtype=dtype).permute(1, 2, 0)
+    return u.new_empty(u.shape, dtype=dtype)
 
 
 @_selective_scan_op.register_fake
 def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, backend):
-    return u.new_empty(u.shape, dtype=_compute_dtype(u))
+    return _output_like(u, backend)
 
 
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
