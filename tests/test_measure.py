@@ -128,7 +128,8 @@ def test_plan_steps_equal_progress_messages(legacy_run):
 
 def test_an_old_search_directory_resumes_without_evaluating(tmp_path, counted):
     """The committed ToMe search on deit_tiny_pbc64 (its store written before the key form
-    changed) re-runs from the full PBC test split without evaluating anything."""
+    changed, and before searches had a validation split) re-runs from the full PBC test split
+    without evaluating anything."""
     import tarfile
 
     tarball = shared_file("data/pbc-blood64-test.tar.gz")
@@ -139,7 +140,7 @@ def test_an_old_search_directory_resumes_without_evaluating(tmp_path, counted):
     run.mkdir()
     shutil.copy(source / "results.sqlite", run / "results.sqlite")
     result = tokenred.search("deit_tiny_pbc64", "tome", str(tmp_path / "data" / "test"),
-                             max_drop=0.9, rates="r=4,8", store=str(run))
+                             max_drop=0.9, rates="r=4,8", validation=0, store=str(run))
     assert counted == []
     recommended = (source / "search.md").read_text()
     assert f"`{result.recommended}`" in recommended

@@ -11,6 +11,7 @@ from tokenred.kernels import ScanBackendError, resolve_backend, scan_reference, 
 from tokenred.kernels import scan_cpp
 
 from conftest import IN_CI
+from test_vmamba import FIXTURES, build_from_fixture
 from test_selective_scan import (_scan_grads, check_gradients_against_float64, float64,
                                  make_inputs, rel_err)
 
@@ -129,6 +130,24 @@ def test_cpp_backend_needs_cpu_tensors():
     inputs = make_inputs(1, 4, 1, 5)
     meta = {k: v.to("meta") if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
     assert cpp(**meta).shape == (1, 4, 5)
+
+
+@pytest.mark.parametrize("name", sorted(FIXTURES))
+def test_golden_outputs_on_the_time_major_kernel(name):
+    """The official VMamba/MedMamba outputs, on the cpp backend's inference path (VMamba hands
+    the scan time-major views, so every scan takes the time-major kernel)."""
+    fx, model = build_from_fixture(name, scan_backend="cpp")
+    calls = []
+    real = scan_cpp.scan_cpp_time_major
+    with pytest.MonkeyPatch.context() as patch, torch.inference_mode():
+        patch.setattr(scan_cpp, "scan_cpp_time_major",
+                      lambda *a, **k: calls.append(1) or real(*a, **k))
+        logits = model(fx["input"])
+        stages = model.forward_stages(fx["input"])
+    assert calls
+    torch.testing.assert_close(logits, fx["logits"], atol=1e-4, rtol=1e-4)
+    for ours, official in zip(stages, fx["stage_outputs"], strict=True):
+        torch.testing.assert_close(ours, official, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name,kwargs", [

@@ -27,13 +27,22 @@ def quartermap_search(tmp_path_factory):
 
 def test_splits_are_disjoint_and_class_balanced():
     images = scan_folder(PBC_SAMPLE_DIR)
-    calibration, held = search_module.split_images(images, 80)
-    assert len(calibration.paths) == 80 and len(held.paths) == len(images.paths) - 80
+    calibration, validation, held = search_module.split_images(images, 80, 160)
+    assert len(calibration.paths) == 80 and len(validation.paths) == 160
+    assert len(held.paths) == len(images.paths) - 240
     assert not set(calibration.paths) & set(held.paths)
-    counts = pd.Series(calibration.labels).value_counts()
-    assert counts.max() - counts.min() <= 1            # 8 classes, 10 each
+    assert not set(validation.paths) & (set(calibration.paths) | set(held.paths))
+    for split in (calibration, validation):
+        counts = pd.Series(split.labels).value_counts()
+        assert counts.max() - counts.min() <= 1            # 8 classes, 10 (20) each
+    assert calibration.paths == search_module.split_images(images, 80, 0)[0].paths
+    assert search_module.split_images(images, 80, 0)[1] is None
+    default = search_module.split_images(images, 80, None)[1]     # half of what is left
+    assert len(default.paths) == (800 - 80) // 2
     with pytest.raises(ValueError, match="calibration=800"):
         search_module.split_images(images, 800)
+    with pytest.raises(ValueError, match="validation=720: give 0 .. 719"):
+        search_module.split_images(images, 80, 720)
 
 
 def test_front_is_pareto_and_the_budget_is_met(quartermap_search):
@@ -49,11 +58,15 @@ def test_front_is_pareto_and_the_budget_is_met(quartermap_search):
     feasible = front[front["gflops"] <= 0.0765]
     if feasible.empty:
         assert result.recommended is None
-    else:
-        best = feasible.sort_values(["delta_top1", "gflops"], ascending=[False, True]).iloc[0]
+    else:   # chosen on the validation split, among the calibration front's points
+        best = feasible.sort_values(["val_delta_top1", "gflops"], ascending=[False, True]).iloc[0]
         assert result.recommended == best["spec"]
-        assert result.held_out["images"] == 800 - 64
-    assert result.splits["calibration"]["digest"] != result.splits["held_out"]["digest"]
+        assert result.held_out["images"] == 800 - 64 - 368
+    splits = result.splits
+    assert splits["validation"]["images"] == (800 - 64) // 2
+    assert len({splits[s]["digest"] for s in ("calibration", "validation", "held_out")}) == 3
+    none = front[front["spec"] == "none"].iloc[0]
+    assert none["val_delta_top1"] == 0 and none["val_kl"] == 0
 
 
 def test_a_rerun_measures_nothing(quartermap_search, monkeypatch):
@@ -75,7 +88,7 @@ def test_rates_max_drop_and_the_spec_runs_as_is(tmp_path):
                              rates="keep=0.5,0.8", candidates="blocks:1-3", calibration=48,
                              store=str(tmp_path / "run"))
     assert set(result.points["rate"].dropna()) == {0.5, 0.8}
-    ok = result.front[result.front["delta_top1"] >= -2.0]
+    ok = result.front[result.front["val_delta_top1"] >= -2.0]      # the floor, on validation
     assert result.recommended == ok.sort_values("gflops").iloc[0]["spec"]
     if result.recommended != "none":
         spec = MethodSpec.parse(result.recommended)             # compare --methods takes it
@@ -92,6 +105,7 @@ def test_rates_max_drop_and_the_spec_runs_as_is(tmp_path):
     (["--budget", "gflops=3", "--max-drop", "1"], "exactly one of budget"),
     ([], "exactly one of budget"),
     (["--budget", "gflops=3", "--method", "quartermap:where=stage:0"], "search chooses where="),
+    (["--budget", "gflops=3", "--validation", "600"], "validation=600: give 0 .. 543"),
 ])
 def test_cli_errors_are_one_line(argv, message, capsys, tmp_path):
     base = ["search", "--backbone", "vmamba_tiny_pbc64", "--data", PBC_SAMPLE_DIR,

@@ -254,7 +254,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     show = (lambda msg: None) if args.no_progress else (lambda msg: print(msg, file=sys.stderr))
     result = search(args.backbone, args.method, args.data, budget=args.budget,
                     max_drop=args.max_drop, rates=args.rates, candidates=args.candidates,
-                    calibration=args.calibration, rounds=args.rounds, input_size=args.input_size,
+                    calibration=args.calibration, validation=args.validation,
+                    rounds=args.rounds, input_size=args.input_size,
                     pretrained=args.pretrained, checkpoint=args.checkpoint, device=args.device,
                     eval_batch_size=args.eval_batch_size, store=out, progress=show)
     print(markdown(result, args.backbone, args.method))
@@ -400,19 +401,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", required=True,
                    help="a method name or spec without where= (e.g. quartermap, evit:fuse=false)")
     p.add_argument("--data", required=True, metavar="DIR",
-                   help="labeled images (ImageFolder); split into calibration and held-out")
+                   help="labeled images (ImageFolder); split into calibration, validation and "
+                        "held-out")
     p.add_argument("--budget", default=None, metavar="KIND=VALUE",
                    help="gflops=X (at most), speedup=Y (at least, timed) or latency_ms=Z")
     p.add_argument("--max-drop", type=float, default=None,
                    help="instead of --budget: the cheapest point losing at most this many top-1 "
-                        "points on the calibration split")
+                        "points on the validation split")
     p.add_argument("--rates", default=None, metavar="NAME=V1,V2",
                    help="rate values searched with the sites (default: a share-type rate on "
                         "0.5,0.7,0.9; else sites only)")
     p.add_argument("--candidates", default=None,
                    help="limit the sites tried (a where selector: stages:0-1, blocks:0-5)")
     p.add_argument("--calibration", type=int, default=256,
-                   help="calibration images (class-balanced); every other image is held out")
+                   help="calibration images (class-balanced), on which the search runs")
+    p.add_argument("--validation", type=int, default=None,
+                   help="the next images of the same order, on which the front's points are "
+                        "evaluated and the recommendation chosen (default: 1024 or half of what "
+                        "calibration leaves, whichever is smaller; 0: choose on calibration); "
+                        "every other image is held out")
     p.add_argument("--rounds", type=int, default=1, help="local-search rounds around the front")
     p.add_argument("--input-size", type=int, default=None)
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,

@@ -24,10 +24,14 @@ def section(name: str) -> str:
     points = pd.read_csv(os.path.join(folder, "points.csv"))
     title = text.splitlines()[0].removeprefix("# Site search: ")
     near = front[front["delta_top1"] >= -3.0]
-    lines = [f"**{title}**", "", "| point (calibration) | GFLOPs | Δtop-1 | KL |", "|---|---|---|---|"]
+    validated = "val_delta_top1" in front
+    lines = [f"**{title}**", "",
+             "| front point | GFLOPs | Δtop-1 calibration | KL calibration |"
+             + (" Δtop-1 validation |" if validated else ""),
+             "|---|---|---|---|" + ("---|" if validated else "")]
     for _, r in near.iterrows():
         lines.append(f"| `{r['spec']}` | {r['gflops']:.4f} | {r['delta_top1']:+.2f} | "
-                     f"{r['kl']:.4f} |")
+                     f"{r['kl']:.4f} |" + (f" {r['val_delta_top1']:+.2f} |" if validated else ""))
     method = title.split(" on ")[0]
     if method in DEFAULTS:
         label, by_family = DEFAULTS[method]
@@ -38,13 +42,21 @@ def section(name: str) -> str:
             if not row.empty:
                 r = row.iloc[0]
                 lines.append(f"| default ({label}) `{spec}` | {r['gflops']:.4f} | "
-                             f"{r['delta_top1']:+.2f} | {r['kl']:.4f} |")
+                             f"{r['delta_top1']:+.2f} | {r['kl']:.4f} |"
+                             + (_validation_cell(front, spec) if validated else ""))
     lines.append("")
     rec = re.search(r"^Recommended: .*$", text, re.M)
     held = re.search(r"^On the .*$", text, re.M)
     lines.append((rec.group(0) if rec else "No measured point meets the budget.")
                  + (" " + held.group(0) if held else ""))
     return "\n".join(lines) + "\n"
+
+
+def _validation_cell(front: pd.DataFrame, spec: str) -> str:
+    on_front = front[front["spec"] == spec]
+    if on_front.empty:
+        return " – (not on the front) |"
+    return f" {on_front.iloc[0]['val_delta_top1']:+.2f} |"
 
 
 def main() -> int:
