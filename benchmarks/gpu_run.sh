@@ -21,3 +21,7 @@ timeout 150 python3 benchmarks/vit_overhead_and_tome.py --device cuda --batch-si
   --json "$OUT/vit_tome_cuda_b256.json" 2>&1 | tee "$OUT/vit_tome_cuda_b256.txt"
 timeout 300 python3 benchmarks/grid_methods.py --device cuda --batch-size 128 --where \
   --json "$OUT/grid_methods_cuda_b128.json" 2>&1 | tee "$OUT/grid_methods_cuda_b128.txt"
+# torch.compile against eager on CUDA (the scan op's layout contract made SSM compiles possible)
+timeout 420 python3 benchmarks/compile_vs_eager.py --device cuda --batch-size 128 \
+  --pairs vmamba_tiny_s1l8=none,vmamba_tiny_s1l8=quartermap,medmamba_tiny=none,deit_small_patch16_224=tome:r=13 \
+  --json "$OUT/compile_vs_eager_cuda_b128.json" 2>&1 | tee "$OUT/compile_vs_eager_cuda_b128.txt"

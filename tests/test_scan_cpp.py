@@ -132,22 +132,66 @@ def test_cpp_backend_needs_cpu_tensors():
     assert cpp(**meta).shape == (1, 4, 5)
 
 
+@pytest.mark.parametrize("kernel", ["cross_scan_2d", "scan_cpp_time_major"])
 @pytest.mark.parametrize("name", sorted(FIXTURES))
-def test_golden_outputs_on_the_time_major_kernel(name):
-    """The official VMamba/MedMamba outputs, on the cpp backend's inference path (VMamba hands
-    the scan time-major views, so every scan takes the time-major kernel)."""
+def test_golden_outputs_on_the_inference_kernels(name, kernel, monkeypatch):
+    """The official VMamba/MedMamba outputs on the cpp backend's inference paths: the fused SS2D
+    kernel (taken by default), and the time-major scan kernel it replaces (VMamba hands the scan
+    time-major views), taken when the fused one is not."""
     fx, model = build_from_fixture(name, scan_backend="cpp")
+    if kernel == "scan_cpp_time_major":
+        monkeypatch.setattr(scan_cpp, "cross_scan_applies", lambda *a: False)
     calls = []
-    real = scan_cpp.scan_cpp_time_major
-    with pytest.MonkeyPatch.context() as patch, torch.inference_mode():
-        patch.setattr(scan_cpp, "scan_cpp_time_major",
-                      lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = getattr(scan_cpp, kernel)
+    monkeypatch.setattr(scan_cpp, kernel, lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.inference_mode():
         logits = model(fx["input"])
         stages = model.forward_stages(fx["input"])
     assert calls
     torch.testing.assert_close(logits, fx["logits"], atol=1e-4, rtol=1e-4)
     for ours, official in zip(stages, fx["stage_outputs"], strict=True):
         torch.testing.assert_close(ours, official, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("d_state,ratio,height,width", [(1, 1.0, 56, 56), (16, 2.0, 7, 9),
+                                                        (4, 1.0, 5, 3), (1, 2.0, 1, 6)])
+def test_fused_ss2d_equals_the_generic_path(d_state, ratio, height, width):
+    from tokenred.layers.ss2d import SS2D
+
+    torch.manual_seed(0)
+    layer = SS2D(40 if d_state > 1 else 96, d_state, ratio, "auto").eval()   # 80 or 96 channels
+    x = torch.randn(2, height, width, layer.d_inner)
+    with torch.inference_mode():
+        layer.scan_backend = "torch"
+        want = layer.scan_2d(x)
+        layer.scan_backend = "cpp"
+        got = layer.scan_2d(x)
+        got64 = scan_cpp.cross_scan_2d(x.double(), layer.x_proj_weight, layer.dt_projs_weight,
+                                       layer.dt_projs_bias, layer.A_logs, layer.Ds)
+        layer.scan_backend = "reference"
+        ref64 = layer.double().scan_2d(x.double())
+    assert rel_err(got, want.double()) < 1e-5
+    # (the generic path takes A, D and Δ's bias through float32, as VMamba does: 1e-8, not 1e-12)
+    assert got64.dtype == torch.float64 and rel_err(got64, ref64) < 1e-8
+
+
+def test_the_fused_kernel_steps_aside_for_gradients_traces_and_flop_counters():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(1, 4, 4, 8)
+    weights = (torch.randn(4, 5, 8, requires_grad=True),)
+    assert scan_cpp.cross_scan_applies(x, "cpp", ())
+    assert not scan_cpp.cross_scan_applies(x, "torch", ())
+    assert not scan_cpp.cross_scan_applies(x.half(), "cpp", ())
+    assert not scan_cpp.cross_scan_applies(x, "cpp", weights)          # a training step
+    with torch.no_grad():
+        assert scan_cpp.cross_scan_applies(x, "cpp", weights)
+    with FlopCounterMode(display=False):
+        assert not scan_cpp.cross_scan_applies(x, "cpp", ())           # it must see the scan op
+    model = tokenred.create_backbone("vmamba_tiny_s1l8", dims=16, depths=[1, 1, 1, 1],
+                                     scan_backend="cpp")
+    torch_model = tokenred.create_backbone("vmamba_tiny_s1l8", dims=16, depths=[1, 1, 1, 1])
+    assert tokenred.count_flops(model, 64).gflops == tokenred.count_flops(torch_model, 64).gflops
 
 
 @pytest.mark.parametrize("name,kwargs", [

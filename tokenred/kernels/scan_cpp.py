@@ -6,7 +6,8 @@ The kernel runs the sequential recurrence one channel at a time with its N state
 parallel over batch × channels (forward) or batch × group × channel splits (backward, which
 recomputes the states instead of storing them). Inference on time-major inputs (VMamba's layout)
 takes a second kernel that steps through time over blocks of channels, vectorised across them,
-with the bias, softplus and D skip fused (``scan_cpp_time_major``). The softplus/bias of Δ, the D skip and the z gate
+with the bias, softplus and D skip fused (``scan_cpp_time_major``); VMamba's whole SS2D
+cross-scan / scan / cross-merge has a third (``cross_scan_2d``). The softplus/bias of Δ, the D skip and the z gate
 are elementwise and stay in PyTorch, so autograd differentiates them; the kernel's own backward
 gives the gradients of the core. B/C given as constant [D, N] are not handled here (no Mamba model
 uses them): ``supports`` says so and the dispatcher uses ``torch`` for them.
@@ -157,6 +158,45 @@ def scan_cpp_time_major(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tenso
                                   bool(delta_softplus))
     y = y.permute(1, 2, 0)
     return y * F.silu(z.to(ct)) if z is not None else y
+
+
+def cross_scan_applies(x: Tensor, backend: str, weights: tuple) -> bool:
+    """Whether VMamba's fused SS2D inference kernel serves this call: the ``cpp`` backend on a CPU
+    map of float32/64, no gradient needed, and nothing watching the ops one by one (a jit trace
+    or a dispatch mode, as the FLOP counters use, must see the selective-scan op)."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode
+
+    if backend != "cpp" or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return False
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *weights)):
+        return False
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    return _get_current_dispatch_mode() is None
+
+
+def cross_scan_2d(x: Tensor, x_proj_weight: Tensor, dt_projs_weight: Tensor,
+                  dt_projs_bias: Tensor, A_logs: Tensor, Ds: Tensor) -> Tensor:
+    """VMamba's four-direction cross-scan, selective scan and cross-merge of a channel-last map
+    [B, H, W, D] in one kernel pass (inference): the per-token projections run once on the map
+    (they do not depend on the direction's order) and the kernel reads every direction at its
+    own positions, so the four direction sequences are never built, flipped or merged.
+    Same result as the generic path up to float32 rounding."""
+    batch, height, width, dim = x.shape
+    k, proj_dim, _ = x_proj_weight.shape
+    ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    x = x.to(ct).contiguous()
+    length = height * width
+    rank = dt_projs_weight.shape[2]
+    n = (proj_dim - rank) // 2
+    proj = F.linear(x.view(batch * length, dim), x_proj_weight.to(ct).reshape(k * proj_dim, dim))
+    proj = proj.view(batch * length, k, proj_dim)
+    dts = torch.bmm(proj[..., :rank].transpose(0, 1), dt_projs_weight.to(ct).transpose(1, 2))
+    return load().cross_scan_2d(x, dts.view(k, batch, length, dim),
+                                proj.view(batch, length, k, proj_dim),
+                                (-torch.exp(A_logs.to(ct))).contiguous(),
+                                dt_projs_bias.to(ct).reshape(-1).contiguous(),
+                                Ds.to(ct).contiguous(), rank, rank + n)
 
 
 def scan_cpp(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,

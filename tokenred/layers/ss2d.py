@@ -4,7 +4,8 @@ under ``layers.<stage>.blocks.<j>`` is a site at the map entering its cross-scan
 ``backbones/vmamba.py`` and ``backbones/medmamba.py``; neither family imports the other.
 
 SS2D lays the four scan directions out time-major, which is what tokenred's ``torch`` scan
-backend works in, so no transposes are needed around the scan.
+backend works in, so no transposes are needed around the scan. On the ``cpp`` backend, inference
+runs the cross-scan, scan and cross-merge as one kernel on the map itself.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tokenred.kernels import check_backend, selective_scan
+from tokenred.kernels import check_backend, resolve_backend, scan_cpp, selective_scan
 from tokenred.sites import GridContext, ReducedGrid, Site, reset_every_forward, take_tokens
 
 K_DIRECTIONS = 4
@@ -125,6 +126,11 @@ class SS2D(nn.Module):
 
     def scan_2d(self, x: Tensor) -> Tensor:
         """Cross-scan, selective scan, cross-merge on a channel-last map [B, H, W, D]."""
+        weights = (self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs,
+                   self.Ds)
+        if scan_cpp.cross_scan_applies(x, resolve_backend(self.scan_backend, x.device), weights):
+            # (cpp inference: the same three steps in one kernel, no direction sequences built)
+            return scan_cpp.cross_scan_2d(x, *weights).to(x.dtype)
         batch, height, width, dim = x.shape
         length = height * width
         # the four directions, time-major [L, B, K, D]: row-major, column-major, both reversed
