@@ -1,6 +1,6 @@
 """The README's site-search section from the searches in this folder (``run.sh``): per search the
-front near the unreduced model, the recommended point and its held-out result, and the documented
-default's own point where the search measured it.
+shortlist (or front) near the unreduced model with its validation Δtop-1, the recommended point
+and its held-out result, and the documented default's own point where the search measured it.
 
     python reports/search/summary.py > /tmp/fronts.md
 """
@@ -20,13 +20,16 @@ DEFAULTS = {"quartermap": ("stage 0", {"vmamba": (0, 1), "medmamba": (0,)})}
 def section(name: str) -> str:
     folder = os.path.join(HERE, name)
     text = open(os.path.join(folder, "search.md")).read()
-    front = pd.read_csv(os.path.join(folder, "front.csv"))
+    shortlist = os.path.join(folder, "shortlist.csv")   # (with validation columns)
+    front = pd.read_csv(shortlist if os.path.isfile(shortlist)
+                        else os.path.join(folder, "front.csv"))
     points = pd.read_csv(os.path.join(folder, "points.csv"))
     title = text.splitlines()[0].removeprefix("# Site search: ")
-    near = front[front["delta_top1"] >= -3.0]
     validated = "val_delta_top1" in front
+    near = front[front["val_delta_top1" if validated else "delta_top1"] >= -3.0]
     lines = [f"**{title}**", "",
-             "| front point | GFLOPs | Δtop-1 calibration | KL calibration |"
+             ("| shortlisted point |" if validated else "| front point |")
+             + " GFLOPs | Δtop-1 calibration | KL calibration |"
              + (" Δtop-1 validation |" if validated else ""),
              "|---|---|---|---|" + ("---|" if validated else "")]
     for _, r in near.iterrows():
@@ -55,7 +58,7 @@ def section(name: str) -> str:
 def _validation_cell(front: pd.DataFrame, spec: str) -> str:
     on_front = front[front["spec"] == spec]
     if on_front.empty:
-        return " – (not on the front) |"
+        return " – (not shortlisted) |"
     return f" {on_front.iloc[0]['val_delta_top1']:+.2f} |"
 
 
