@@ -149,6 +149,41 @@ inline T softplus(T x) {
   return x > T(20) ? x : std::log1p(std::exp(x));   // torch's softplus (beta 1, threshold 20)
 }
 
+// A block of w channels from channel ch0 starts: its decay rates A[ch][n] laid out as At[n][j],
+// its states zero.
+template <typename T>
+inline void start_block(const T* A, int64_t ch0, int64_t w, int64_t n_states, T* At, T* h) {
+  for (int64_t n = 0; n < n_states; ++n)
+    for (int64_t j = 0; j < w; ++j) {
+      At[n * kBlock + j] = A[(ch0 + j) * n_states + n];
+      h[n * kBlock + j] = T(0);
+    }
+}
+
+// One time step of a block of w channels, vectorised across them: dt = softplus(raw + bias)
+// (or raw + bias), every state h[n][j] advanced, and acc[j] = <C, h> + D u.
+template <typename T, int NS>
+inline void block_step(const T* __restrict ut, const T* __restrict rt, const T* __restrict bias,
+                       const T* __restrict Dskip, const T* bt, const T* ct, T* __restrict h,
+                       const T* __restrict At, T* __restrict dtv, T* __restrict accv, int64_t w,
+                       int64_t N, bool use_softplus) {
+  const int64_t n_states = NS > 0 ? NS : N;
+  for (int64_t j = 0; j < w; ++j) {
+    const T x = rt[j] + bias[j];
+    dtv[j] = use_softplus ? softplus(x) : x;
+    accv[j] = Dskip[j] * ut[j];
+  }
+  for (int64_t n = 0; n < n_states; ++n) {
+    const T bn = bt[n], cn = ct[n];
+    T* __restrict hn = h + n * kBlock;
+    const T* __restrict an = At + n * kBlock;
+    for (int64_t j = 0; j < w; ++j) {
+      hn[j] = std::exp(dtv[j] * an[j]) * hn[j] + dtv[j] * ut[j] * bn;
+      accv[j] += hn[j] * cn;
+    }
+  }
+}
+
 template <typename T, int NS>
 void scan_forward_time_major(const T* u, const T* dt_raw, const T* bias, const T* A,
                              const T* Bt, const T* Ct, const T* Dskip, T* y, int64_t L,
@@ -162,11 +197,7 @@ void scan_forward_time_major(const T* u, const T* dt_raw, const T* bias, const T
       const int64_t bi = item / (G * blocks), g = (item / blocks) % G, blk = item % blocks;
       const int64_t c0 = g * per_group + blk * kBlock;
       const int64_t w = std::min(kBlock, (g + 1) * per_group - c0);
-      for (int64_t n = 0; n < n_states; ++n)
-        for (int64_t j = 0; j < w; ++j) {
-          At[n * kBlock + j] = A[(c0 + j) * n_states + n];
-          h[n * kBlock + j] = T(0);
-        }
+      start_block(A, c0, w, n_states, At.data(), h.data());
       const T* bias_c = bias + c0;
       const T* D_c = Dskip + c0;
       for (int64_t t = 0; t < L; ++t) {
@@ -176,23 +207,9 @@ void scan_forward_time_major(const T* u, const T* dt_raw, const T* bias, const T
         const T* bt = Bt + ((t * b + bi) * G + g) * n_states;
         const T* ct = Ct + ((t * b + bi) * G + g) * n_states;
         T* __restrict yt = y + row;
-        T* __restrict dtv = dt.data();
-        T* __restrict accv = acc.data();
-        for (int64_t j = 0; j < w; ++j) {
-          const T x = rt[j] + bias_c[j];
-          dtv[j] = use_softplus ? softplus(x) : x;
-          accv[j] = D_c[j] * ut[j];
-        }
-        for (int64_t n = 0; n < n_states; ++n) {
-          const T bn = bt[n], cn = ct[n];
-          T* __restrict hn = h.data() + n * kBlock;
-          const T* __restrict an = At.data() + n * kBlock;
-          for (int64_t j = 0; j < w; ++j) {
-            hn[j] = std::exp(dtv[j] * an[j]) * hn[j] + dtv[j] * ut[j] * bn;
-            accv[j] += hn[j] * cn;
-          }
-        }
-        for (int64_t j = 0; j < w; ++j) yt[j] = accv[j];
+        block_step<T, NS>(ut, rt, bias_c, D_c, bt, ct, h.data(), At.data(), dt.data(),
+                          acc.data(), w, N, use_softplus);
+        for (int64_t j = 0; j < w; ++j) yt[j] = acc[j];
       }
     }
   });
@@ -259,11 +276,7 @@ void cross_scan_2d(const T* x, const T* dt_raw, const T* proj, const T* A, const
       const int64_t w = std::min(bw, d - c0);
       for (int64_t k = 0; k < K; ++k) {
         const int64_t ch0 = k * d + c0;   // this block's channels in direction k
-        for (int64_t n = 0; n < n_states; ++n)
-          for (int64_t j = 0; j < w; ++j) {
-            At[n * kBlock + j] = A[(ch0 + j) * n_states + n];
-            h[n * kBlock + j] = T(0);
-          }
+        start_block(A, ch0, w, n_states, At.data(), h.data());
         const T* bias_c = bias + ch0;
         const T* D_c = Dskip + ch0;
         for (int64_t t = 0; t < L; ++t) {
@@ -280,21 +293,9 @@ void cross_scan_2d(const T* x, const T* dt_raw, const T* proj, const T* A, const
           const T* bt = row + b_off;
           const T* ct = row + c_off;
           T* __restrict yt = out + (bi * L + p) * d + c0;
-          T* __restrict dtv = dt.data();
-          T* __restrict accv = acc.data();
-          for (int64_t j = 0; j < w; ++j) {
-            dtv[j] = softplus(rt[j] + bias_c[j]);
-            accv[j] = D_c[j] * ut[j];
-          }
-          for (int64_t n = 0; n < n_states; ++n) {
-            const T bn = bt[n], cn = ct[n];
-            T* __restrict hn = h.data() + n * kBlock;
-            const T* __restrict an = At.data() + n * kBlock;
-            for (int64_t j = 0; j < w; ++j) {
-              hn[j] = std::exp(dtv[j] * an[j]) * hn[j] + dtv[j] * ut[j] * bn;
-              accv[j] += hn[j] * cn;
-            }
-          }
+          block_step<T, NS>(ut, rt, bias_c, D_c, bt, ct, h.data(), At.data(), dt.data(),
+                            acc.data(), w, N, true);
+          const T* __restrict accv = acc.data();
           if (k == 0) {
             for (int64_t j = 0; j < w; ++j) yt[j] = accv[j];
           } else {
