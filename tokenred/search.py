@@ -18,16 +18,18 @@ What it does, in order:
    on the way is a point.
 4. **Local search.** Around each point of the front: one site added, one removed, the next rate
    up and down; new points are measured and the front recomputed (``rounds`` times).
-5. **Front and recommendation.** Points no other point beats on both GFLOPs and calibration
-   accuracy (Δtop-1 on labeled data, −KL otherwise). Each front point is evaluated on the
-   validation split: choosing the best of hundreds of configurations by a few hundred images
-   picks noise (the searches in ``reports/search`` missed their floor on held-out images by up
-   to 2.7 points when they chose on calibration accuracy), choosing among a few front points on
-   a second, larger split much less. Budget ``gflops=X``: the most accurate point (validation)
-   with at most X GFLOPs; ``speedup=Y`` / ``latency_ms=Z``: the front points are timed next to
-   ``none`` (interleaved, as ``compare`` times) and the most accurate one meeting it wins;
-   ``max_drop=D``: the cheapest point whose validation Δtop-1 is at least −D. With
-   ``validation=0`` all of this uses the calibration numbers.
+5. **Front, shortlist and recommendation.** The front: points no other point beats on both
+   GFLOPs and calibration accuracy (Δtop-1 on labeled data, −KL otherwise). The shortlist: the
+   front widened to points at most ``SHORTLIST_TOLERANCE`` (1) top-1 point below it, each
+   evaluated on the validation split. Choosing the best of hundreds of configurations by a few
+   hundred images picks noise (the searches in ``reports/search`` missed their floor on held-out
+   images by up to 2.7 points when they chose on calibration accuracy); choosing among a
+   shortlist on a second, larger split much less. Budget ``gflops=X``: the most accurate
+   shortlisted point (validation) with at most X GFLOPs; ``speedup=Y`` / ``latency_ms=Z``: the
+   shortlist is timed next to ``none`` (interleaved, as ``compare`` times) and the most accurate
+   point meeting it wins; ``max_drop=D``: the cheapest shortlisted point whose validation Δtop-1
+   is at least −D. With ``validation=0`` the shortlist is the front and all of this uses the
+   calibration numbers.
 
 Every measurement goes to the results store (a run directory) through ``compare``'s measurement
 kinds and keys (``tokenred.measure``), keyed by the backbone's weights, the split's images (by
@@ -61,11 +63,13 @@ DEFAULT_SHARE_GRID = (0.5, 0.7, 0.9)
 
 @dataclass
 class SearchResult:
-    """``points``: every measured configuration; ``front``: its Pareto front (ascending GFLOPs);
-    ``sensitivity``: each site alone; ``recommended``: the method spec of the chosen point (None
-    when no point meets the budget), accepted as is by ``apply`` and ``compare --methods``;
-    ``held_out``: ``none`` and the recommended point on the held-out split; ``splits``: which
-    images were used for what."""
+    """``points``: every measured configuration; ``front``: its Pareto front on the calibration
+    split (ascending GFLOPs); ``shortlist``: the candidates the budget chose from (the front
+    widened by ``SHORTLIST_TOLERANCE``, with their validation ``val_*`` columns; the front itself
+    without a validation split); ``sensitivity``: each site alone; ``recommended``: the method
+    spec of the chosen point (None when no point meets the budget), accepted as is by ``apply``
+    and ``compare --methods``; ``held_out``: ``none`` and the recommended point on the held-out
+    split; ``splits``: which images were used for what."""
 
     points: pd.DataFrame
     front: pd.DataFrame
@@ -74,6 +78,7 @@ class SearchResult:
     held_out: dict = field(default_factory=dict)
     splits: dict = field(default_factory=dict)
     budget: Optional[str] = None
+    shortlist: Optional[pd.DataFrame] = None
 
 
 #: the validation split's size when not given: this many, or half of what calibration leaves
@@ -211,15 +216,31 @@ class _Measurer:
         return out
 
 
-def pareto_front(points: pd.DataFrame, accuracy: str) -> pd.DataFrame:
+def pareto_front(points: pd.DataFrame, accuracy: str, tolerance: float = 0.0) -> pd.DataFrame:
     """Points that no other point beats on both GFLOPs (lower) and ``accuracy`` (higher),
-    ascending GFLOPs (``tokenred.report.pareto_front``, which the report plots also use)."""
+    ascending GFLOPs (``tokenred.report.pareto_front``, which the report plots also use).
+    ``tolerance`` > 0 widens it: a point is dropped only when a point with no more GFLOPs is more
+    accurate by more than ``tolerance``."""
     from .report import pareto_front as front_indices
 
     ordered = points.sort_values(["gflops", accuracy], ascending=[True, False]).reset_index(
         drop=True)
-    keep = front_indices(list(ordered["gflops"]), list(ordered[accuracy]), x_larger_better=False)
+    if tolerance > 0:
+        keep, best = [], -math.inf
+        for i, value in enumerate(ordered[accuracy]):
+            if value > best - tolerance:
+                keep.append(i)
+            best = max(best, value)
+    else:
+        keep = front_indices(list(ordered["gflops"]), list(ordered[accuracy]),
+                             x_larger_better=False)
     return ordered.loc[sorted(keep)].reset_index(drop=True)
+
+
+#: how far below the calibration front (top-1 points) a point may lie and still be evaluated on
+#: the validation split: one calibration image is 0.39 points at 256 images, so the strict front
+#: is decided by a few images' noise
+SHORTLIST_TOLERANCE = 1.0
 
 
 def search(backbone: str, method: str, data: str, *,
@@ -296,11 +317,16 @@ def search(backbone: str, method: str, data: str, *,
         for _ in range(rounds):
             points = _local_search(meter, points, blocks, grid, accuracy)
         front = pareto_front(points, accuracy)
+        # the candidates the budget chooses from: the front, widened where a validation split
+        # will tell the points apart
+        shortlist = front if valid is None else pareto_front(
+            points, accuracy, SHORTLIST_TOLERANCE if accuracy == "delta_top1" else 0.0)
         if target is not None and target[0] in ("speedup", "latency_ms"):
-            front = _time_front(meter, front, report)
+            shortlist = _time_front(meter, shortlist, report)
         if valid is not None:
-            front = _validate_front(meter.on(valid, "validation"), front)
-        chosen = _recommend(front, target, max_drop, accuracy)
+            shortlist = _validate_front(meter.on(valid, "validation"), shortlist)
+        chosen = _recommend(shortlist, target, max_drop, accuracy)
+        front = shortlist[shortlist["spec"].isin(set(front["spec"]))].reset_index(drop=True)
         held_out = _evaluate_held_out(meter, chosen, held)
     finally:
         if own_store:
@@ -309,7 +335,8 @@ def search(backbone: str, method: str, data: str, *,
               for name, split in (("calibration", calib), ("validation", valid),
                                   ("held_out", held)) if split is not None}
     return SearchResult(points, front, sensitivity, None if chosen is None else chosen["spec"],
-                        held_out, splits, budget if budget else f"max_drop={max_drop}")
+                        held_out, splits, budget if budget else f"max_drop={max_drop}",
+                        shortlist)
 
 
 def _frame(measured: dict) -> pd.DataFrame:
@@ -394,7 +421,7 @@ def _time_front(meter: _Measurer, front: pd.DataFrame, report) -> pd.DataFrame:
 
 
 def _validate_front(meter: _Measurer, front: pd.DataFrame) -> pd.DataFrame:
-    """The front's points on the validation split (``val_*`` columns): the recommendation is
+    """The shortlist's points on the validation split (``val_*`` columns): the recommendation is
     chosen on them, so picking the luckiest of many calibration points does not decide it."""
     got = meter.measure([(tuple(r["blocks"]), r["rate"]) for _, r in front.iterrows()])
     front = front.copy()
@@ -450,7 +477,13 @@ def markdown(result: SearchResult, backbone: str, method: str) -> str:
                                          "kl"]), "",
              "## Pareto front (calibration split)", "",
              _table(result.front, ["spec", "gflops", "delta_top1", "kl", "agreement",
-                                   "val_delta_top1", "val_kl", "speedup", "latency_ms"]), ""]
+                                   "speedup", "latency_ms"]), ""]
+    if valid:
+        lines += [f"## Shortlist on the validation split (the calibration front widened by "
+                  f"{SHORTLIST_TOLERANCE:g} point)", "",
+                  _table(result.shortlist, ["spec", "gflops", "delta_top1", "kl",
+                                            "val_delta_top1", "val_kl", "speedup",
+                                            "latency_ms"]), ""]
     if result.recommended is None:
         lines.append("No measured point meets the budget.")
     else:
@@ -487,8 +520,11 @@ def write_report(result: SearchResult, out_dir: str, backbone: str, method: str)
 
     os.makedirs(out_dir, exist_ok=True)
     paths = []
-    for stem, df in (("front", result.front), ("points", result.points),
-                     ("sensitivity", result.sensitivity)):
+    tables = [("front", result.front), ("points", result.points),
+              ("sensitivity", result.sensitivity)]
+    if result.shortlist is not None:
+        tables.append(("shortlist", result.shortlist))
+    for stem, df in tables:
         path = os.path.join(out_dir, f"{stem}.csv")
         atomic_write_text(path, df.drop(columns=[c for c in ("blocks",) if c in df]).to_csv(
             index=False))
@@ -508,9 +544,9 @@ def write_report(result: SearchResult, out_dir: str, backbone: str, method: str)
     ax[1].scatter(result.points["gflops"], result.points[accuracy], s=10, color="0.6",
                   label="measured")
     ax[1].plot(result.front["gflops"], result.front[accuracy], "o-", label="front")
-    if f"val_{accuracy}" in result.front:
-        ax[1].plot(result.front["gflops"], result.front[f"val_{accuracy}"], "x:",
-                   label="front on validation")
+    if result.shortlist is not None and f"val_{accuracy}" in result.shortlist:
+        ax[1].plot(result.shortlist["gflops"], result.shortlist[f"val_{accuracy}"], "x:",
+                   label="shortlist on validation")
     ax[1].set_xlabel("GFLOPs (MACs)")
     ax[1].set_ylabel(accuracy)
     ax[1].legend()
