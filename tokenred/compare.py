@@ -127,7 +127,7 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
     each target on each backbone (``tokenred.match``); the row's ``params`` show the solved value,
     ``match`` the target, and a method that cannot meet it is listed in ``df.attrs["skipped"]``.
     """
-    protocol, specs, entries, targets = _checked_settings(
+    specs, entries, targets = _checked_settings(
         backbones, methods, device, batch_size, input_size, dtype, amp, warmup, iters, rounds,
         threads, pretrained, seed, checkpoints, backbone_kwargs, data, limit, num_workers,
         eval_batch_size, transform_overrides, match, compile)
@@ -148,12 +148,18 @@ def compare(backbones: Union[str, Sequence[str]] = DEFAULT_BACKBONES,
         for entry, share in zip(entries, plan.backbones):
             _measure_backbone(entry, share, db, seed, allow_resample, labels, report, rank == 0)
         _barrier(world)     # rank 0's last writes are visible to every rank
-        return assemble(db, [RowSource(b.backbone, t, protocol.batch_size, b.keys.input_size,
-                                       {k: b.keys.find(db, t, k)
-                                        for k in kinds_for(b.keys.images) + ("unsupported",)},
-                                       b.keys.find(db, b.baseline, "flops"),
-                                       labels.get((b.backbone, t)))
-                             for b in plan.backbones for t in b.methods], gaps)
+        return _table(db, plan, labels, gaps)
+
+
+def _table(store: ResultsStore, plan: Plan, labels: dict, gaps: list) -> pd.DataFrame:
+    """The plan's rows, in its order, from what the store now holds."""
+    return assemble(store, [RowSource(b.backbone, t, b.keys.protocol.batch_size,
+                                      b.keys.input_size,
+                                      {k: b.keys.find(store, t, k)
+                                       for k in kinds_for(b.keys.images) + ("unsupported",)},
+                                      b.keys.find(store, b.baseline, "flops"),
+                                      labels.get((b.backbone, t)))
+                            for b in plan.backbones for t in b.methods], gaps)
 
 
 @dataclass(frozen=True)
@@ -173,10 +179,10 @@ class _Entry:
 def _checked_settings(backbones, methods, device, batch_size, input_size, dtype, amp, warmup,
                       iters, rounds, threads, pretrained, seed, checkpoints, backbone_kwargs,
                       data, limit, num_workers, eval_batch_size, transform_overrides, match,
-                      compile) -> tuple[Protocol, list, list, list]:
+                      compile) -> tuple[list, list, list]:
     """Every setting checked before anything is built or measured (``tokenred.validate``): the
-    protocol, the method specs (baseline first when it was missing), one entry per backbone and
-    the match targets."""
+    method specs (baseline first when it was missing), one entry per backbone (with the keys of
+    its measurements under the run's protocol) and the match targets."""
     dev = resolve_device(device)
     on_gpu = dev.type == "cuda"
     batch_size = (128 if on_gpu else 8) if batch_size is None else batch_size
@@ -216,7 +222,7 @@ def _checked_settings(backbones, methods, device, batch_size, input_size, dtype,
                                                            checkpoints.get(b), kwargs_of[b]),
                            protocol, scanned[folders[b]] if folders[b] else None))
                for b in backbone_names]
-    return protocol, specs, entries, _match_targets(match)
+    return specs, entries, _match_targets(match)
 
 
 def _measure_backbone(entry: _Entry, share: BackbonePlan, store: ResultsStore, seed: int,
