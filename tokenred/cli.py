@@ -99,7 +99,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         if bar.total is not None:
             bar.update(bar.total - bar.n)   # (methods refused while installing: end at 100%)
     finally:
-        bar.close()
+        for bar in bars:
+            bar.close()
         _finish_distributed()
     if rank != 0:
         return 0
@@ -251,13 +252,30 @@ def _cmd_search(args: argparse.Namespace) -> int:
     text = json.dumps({k: v for k, v in sorted(vars(args).items()) if k not in ("fn", "out")},
                       default=str)
     out = args.out or os.path.join("reports", "search-" + hashlib.sha256(text.encode()).hexdigest()[:10])
-    show = (lambda msg: None) if args.no_progress else (lambda msg: print(msg, file=sys.stderr))
-    result = search(args.backbone, args.method, args.data, budget=args.budget,
-                    max_drop=args.max_drop, rates=args.rates, candidates=args.candidates,
-                    calibration=args.calibration, validation=args.validation,
-                    rounds=args.rounds, input_size=args.input_size,
-                    pretrained=args.pretrained, checkpoint=args.checkpoint, device=args.device,
-                    eval_batch_size=args.eval_batch_size, store=out, progress=show)
+    from tqdm import tqdm
+
+    # (how many steps a search takes depends on what it finds: the bar counts them; it appears
+    # with the first step, so a setting refused before any work prints its one line alone)
+    bars: list = []
+
+    def show(msg: str) -> None:
+        if not bars:
+            bars.append(tqdm(total=None, unit="step", disable=args.no_progress,
+                             file=sys.stderr, dynamic_ncols=True))
+        bars[0].set_description(msg[:70])
+        bars[0].update(1)
+
+    try:
+        result = search(args.backbone, args.method, args.data, budget=args.budget,
+                        max_drop=args.max_drop, rates=args.rates, candidates=args.candidates,
+                        calibration=args.calibration, validation=args.validation,
+                        rounds=args.rounds, input_size=args.input_size,
+                        pretrained=args.pretrained, checkpoint=args.checkpoint,
+                        device=args.device, eval_batch_size=args.eval_batch_size, store=out,
+                        progress=show)
+    finally:
+        for bar in bars:
+            bar.close()
     print(markdown(result, args.backbone, args.method))
     paths = write_report(result, out, args.backbone, args.method)
     print("wrote " + ", ".join(paths))
