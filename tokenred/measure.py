@@ -92,7 +92,7 @@ def _dumps(value: Any) -> str:
 @dataclass(frozen=True)
 class Keys:
     """The store keys of one backbone's measurements under one protocol. ``search``: the split a
-    search measures on (``"calibration"``, ``"held_out"``): its measurements are not comparison
+    search measures on (``"calibration"``, ``"validation"``, ``"held_out"``): its measurements are not comparison
     rows, and a comparison never reuses them."""
     backbone: str
     input_size: int
