@@ -99,8 +99,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         if bar.total is not None:
             bar.update(bar.total - bar.n)   # (methods refused while installing: end at 100%)
     finally:
-        for bar in bars:
-            bar.close()
+        bar.close()
         _finish_distributed()
     if rank != 0:
         return 0
