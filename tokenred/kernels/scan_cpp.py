@@ -4,12 +4,12 @@ under torch's extension folder, ``TORCH_EXTENSIONS_DIR``).
 
 The kernel runs the sequential recurrence one channel at a time with its N states in registers,
 parallel over batch × channels (forward) or batch × group × channel splits (backward, which
-recomputes the states instead of storing them). Inference on time-major inputs (VMamba's layout)
-takes a second kernel that steps through time over blocks of channels, vectorised across them,
-with the bias, softplus and D skip fused (``scan_cpp_time_major``); VMamba's whole SS2D
-cross-scan / scan / cross-merge has a third (``cross_scan_2d``). The softplus/bias of Δ, the D skip and the z gate
-are elementwise and stay in PyTorch, so autograd differentiates them; the kernel's own backward
-gives the gradients of the core. B/C given as constant [D, N] are not handled here (no Mamba model
+recomputes the states instead of storing them); there the softplus/bias of Δ, the D skip and the
+z gate are elementwise and stay in PyTorch, so autograd differentiates them, and the kernel's own
+backward gives the gradients of the core. Inference on time-major inputs (VMamba's layout) takes a
+second kernel that steps through time over blocks of channels, vectorised across them, with the
+bias, softplus and D skip fused (``scan_cpp_time_major``); VMamba's whole SS2D cross-scan / scan /
+cross-merge has a third (``cross_scan_2d``). B/C given as constant [D, N] are not handled here (no Mamba model
 uses them): ``supports`` says so and the dispatcher uses ``torch`` for them.
 """
 from __future__ import annotations
@@ -125,14 +125,11 @@ class _CoreScan(torch.autograd.Function):
         return du, ddt, dA.to(A0.dtype), _back_to(dB, B0), _back_to(dC, C0)
 
 
-def is_time_major(t: Tensor) -> bool:
-    """A [b, d, L] view of time-major [L, b, d] storage (VMamba's layout)."""
-    return t.dim() == 3 and t.permute(2, 0, 1).is_contiguous()
-
-
 def time_major_inference(u: Tensor, delta: Tensor, B: Tensor, C: Tensor) -> bool:
     """Whether the time-major kernel serves this call: no gradient is needed and u, Δ come as
     time-major views (it then returns y in the same layout)."""
+    from .selective_scan import is_time_major
+
     needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, B, C))
     return not needs_grad and is_time_major(u) and is_time_major(delta)
 

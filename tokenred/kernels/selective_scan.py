@@ -527,14 +527,18 @@ def _selective_scan_op(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor
     return out
 
 
+def is_time_major(t: Tensor) -> bool:
+    """A [b, d, L] view of time-major [L, b, d] storage (VMamba's layout)."""
+    return t.dim() == 3 and t.permute(2, 0, 1).is_contiguous()
+
+
 def _output_like(u: Tensor, backend: str) -> Tensor:
     """An empty output in the layout ``backend`` returns: the chunked ``torch`` scan's is a
     [B, D, L] view of time-major [L, B, D] storage (no copy back), and so is ``cpp``'s for
     time-major u and Δ; every other one is contiguous."""
     dtype = _compute_dtype(u)
     # (cpp on time-major u keeps that layout; the op is inference only, so no gradient is needed)
-    if backend == "torch" or (backend == "cpp" and u.dim() == 3
-                              and u.permute(2, 0, 1).is_contiguous()):
+    if backend == "torch" or (backend == "cpp" and is_time_major(u)):
         batch, dim, length = u.shape
         return u.new_empty((length, batch, dim), dtype=dtype).permute(1, 2, 0)
     return u.new_empty(u.shape, dtype=dtype)

@@ -130,7 +130,7 @@ class SS2D(nn.Module):
                    self.Ds)
         if scan_cpp.cross_scan_applies(x, resolve_backend(self.scan_backend, x.device), weights):
             # (cpp inference: the same three steps in one kernel, no direction sequences built)
-            return scan_cpp.cross_scan_2d(x, *weights).to(x.dtype)
+            return scan_cpp.cross_scan_2d(x, *weights)
         batch, height, width, dim = x.shape
         length = height * width
         # the four directions, time-major [L, B, K, D]: row-major, column-major, both reversed
