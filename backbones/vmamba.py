@@ -11,7 +11,8 @@ official "ln2d" layout computes the same function (LayerNorm over channels, 1x1 
 and channel-last lets every projection be one GEMM and every LayerNorm a plain ``layer_norm``.
 
 The 2D selective scan (``SS2D``) and the grid-site adapter of every SS2D model are shared layers
-(``tokenred/layers/ss2d.py``; MedMamba's blocks use the same v0 SS2D). The MLP is timm's.
+(``tokenred/layers/ss2d.py``; MedMamba's blocks use the same v0 SS2D). The MLP is timm's, with
+fc1 and its GELU fused in CPU inference (``tokenred/layers/mlp.py``).
 
 Sites: every SS2D is a ``grid`` site named after its block (``layers.<stage>.blocks.<j>``), at
 the 2D map entering the cross-scan (after in_proj, depthwise conv and activation).
@@ -27,11 +28,12 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from timm.layers import DropPath, Mlp
+from timm.layers import DropPath
 
 from tokenred.checkpoint import CheckpointError, load_checkpoint, register_checkpoint_filter
 from tokenred.kernels import check_backend
 from tokenred.layers import drop_path_rates, imagenet_eval_config
+from tokenred.layers.mlp import Mlp
 from tokenred.layers.ss2d import (ACTIVATIONS, SS2D, GridAdapter, PatchMerging2D, _init_weights,
                                   pin_scan_backend)
 from tokenred.registry import register_backbone

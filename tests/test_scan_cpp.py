@@ -133,32 +133,60 @@ def test_cpp_backend_needs_cpu_tensors():
     assert cpp(**meta).shape == (1, 4, 5)
 
 
-@pytest.mark.parametrize("kernel", ["cross_scan_2d", "scan_cpp_time_major"])
+def spy_fused_dt(monkeypatch, in_kernel: bool) -> list:
+    """Force the fused SS2D kernel's Δ source (computed in the kernel, or a matmul's tensor) and
+    record, per kernel call, whether Δ was computed in the kernel."""
+    monkeypatch.setattr(scan_cpp, "IN_KERNEL_DT_MIN_VALUES", 0 if in_kernel else 2 ** 62)
+    module, seen = scan_cpp.load(), []
+
+    class Spy:
+        def __getattr__(self, name):
+            return getattr(module, name)
+
+        def cross_scan_2d(self, x, dts, *rest):
+            seen.append(dts.numel() == 0)
+            return module.cross_scan_2d(x, dts, *rest)
+
+    monkeypatch.setattr(scan_cpp, "load", Spy)
+    return seen
+
+
+@pytest.mark.parametrize("kernel", ["cross_scan_2d", "cross_scan_2d, Δ in the kernel",
+                                    "scan_cpp_time_major"])
 @pytest.mark.parametrize("name", sorted(FIXTURES))
 def test_golden_outputs_on_the_inference_kernels(name, kernel, monkeypatch):
     """The official VMamba/MedMamba outputs on the cpp backend's inference paths: the fused SS2D
-    kernel (taken by default), and the time-major scan kernel it replaces (VMamba hands the scan
-    time-major views), taken when the fused one is not."""
+    kernel (taken by default) with Δ read from a matmul or computed in the kernel, and the
+    time-major scan kernel it replaces (VMamba hands the scan time-major views), taken when the
+    fused one is not."""
     fx, model = build_from_fixture(name, scan_backend="cpp")
     if kernel == "scan_cpp_time_major":
         monkeypatch.setattr(scan_cpp, "cross_scan_applies", lambda *a: False)
+    else:
+        in_kernel = spy_fused_dt(monkeypatch, in_kernel=kernel.endswith("in the kernel"))
     calls = []
-    real = getattr(scan_cpp, kernel)
-    monkeypatch.setattr(scan_cpp, kernel, lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = getattr(scan_cpp, kernel.split(",")[0])
+    monkeypatch.setattr(scan_cpp, kernel.split(",")[0], lambda *a, **k: calls.append(1) or real(*a, **k))
     with torch.inference_mode():
         logits = model(fx["input"])
         stages = model.forward_stages(fx["input"])
     assert calls
+    if kernel != "scan_cpp_time_major":
+        # (forced on, Δ is computed in the kernel wherever the rank allows: not at every stage)
+        assert (True in in_kernel) if kernel.endswith("in the kernel") else set(in_kernel) == {False}
     torch.testing.assert_close(logits, fx["logits"], atol=1e-4, rtol=1e-4)
     for ours, official in zip(stages, fx["stage_outputs"], strict=True):
         torch.testing.assert_close(ours, official, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("dt_in_kernel", [False, True])
 @pytest.mark.parametrize("d_state,ratio,height,width", [(1, 1.0, 56, 56), (16, 2.0, 7, 9),
                                                         (4, 1.0, 5, 3), (1, 2.0, 1, 6)])
-def test_fused_ss2d_equals_the_generic_path(d_state, ratio, height, width):
+def test_fused_ss2d_equals_the_generic_path(d_state, ratio, height, width, dt_in_kernel,
+                                            monkeypatch):
     from tokenred.layers.ss2d import SS2D
 
+    in_kernel = spy_fused_dt(monkeypatch, dt_in_kernel)
     torch.manual_seed(0)
     layer = SS2D(40 if d_state > 1 else 96, d_state, ratio, "auto").eval()   # 80 or 96 channels
     x = torch.randn(2, height, width, layer.d_inner)
@@ -171,6 +199,7 @@ def test_fused_ss2d_equals_the_generic_path(d_state, ratio, height, width):
                                        layer.dt_projs_bias, layer.A_logs, layer.Ds)
         layer.scan_backend = "reference"
         ref64 = layer.double().scan_2d(x.double())
+    assert in_kernel == [dt_in_kernel] * 2                              # float32 and float64
     assert rel_err(got, want.double()) < 1e-5
     # (the generic path takes A, D and Δ's bias through float32, as VMamba does: 1e-8, not 1e-12)
     assert got64.dtype == torch.float64 and rel_err(got64, ref64) < 1e-8

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .fused import inference_kernel_allowed
+
 _SOURCE = os.path.join(os.path.dirname(__file__), "scan_cpu.cpp")
 _lock = threading.Lock()
 _module = None
@@ -159,17 +161,20 @@ def scan_cpp_time_major(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tenso
 
 def cross_scan_applies(x: Tensor, backend: str, weights: tuple) -> bool:
     """Whether VMamba's fused SS2D inference kernel serves this call: the ``cpp`` backend on a CPU
-    map of float32/64, no gradient needed, and nothing watching the ops one by one (a jit trace
-    or a dispatch mode, as the FLOP counters use, must see the selective-scan op)."""
-    from torch.utils._python_dispatch import _get_current_dispatch_mode
-
+    map of float32/64 and ``fused.inference_kernel_allowed`` (a jit trace or a dispatch mode, as
+    the FLOP counters use, must see the selective-scan op)."""
     if backend != "cpp" or x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
         return False
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *weights)):
-        return False
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
-        return False
-    return _get_current_dispatch_mode() is None
+    return inference_kernel_allowed(x, weights)
+
+
+#: when the fused SS2D kernel computes Δ itself from the low-rank values (R axpys per step over a
+#: block of channels, weights in L1) instead of reading a [K, B, L, D] tensor written by a matmul:
+#: at small ranks and when that tensor outgrows the caches. Measured (kernel alone, 2 threads, 32
+#: MiB L3): VMamba-T stage 0 at batch 8 (rank 6, 9.6 M values) 47.6 -> 31.3 ms; at batch 1
+#: (1.2 M values) 4.1 -> 4.3 ms and at rank 12 (batch 8) 15.8 -> 19.3 ms, so those keep the matmul.
+IN_KERNEL_DT_MAX_RANK = 8
+IN_KERNEL_DT_MIN_VALUES = 4 * 2 ** 20
 
 
 def cross_scan_2d(x: Tensor, x_proj_weight: Tensor, dt_projs_weight: Tensor,
@@ -188,9 +193,14 @@ def cross_scan_2d(x: Tensor, x_proj_weight: Tensor, dt_projs_weight: Tensor,
     n = (proj_dim - rank) // 2
     proj = F.linear(x.view(batch * length, dim), x_proj_weight.to(ct).reshape(k * proj_dim, dim))
     proj = proj.view(batch * length, k, proj_dim)
-    dts = torch.bmm(proj[..., :rank].transpose(0, 1), dt_projs_weight.to(ct).transpose(1, 2))
-    return load().cross_scan_2d(x, dts.view(k, batch, length, dim),
-                                proj.view(batch, length, k, proj_dim),
+    dt_w = dt_projs_weight.to(ct)
+    if rank <= IN_KERNEL_DT_MAX_RANK and k * x.numel() >= IN_KERNEL_DT_MIN_VALUES:
+        # Δ computed in the kernel from proj's low-rank values
+        dts, dt_w = x.new_empty(0), dt_w.transpose(1, 2).contiguous()
+    else:
+        dts = torch.bmm(proj[..., :rank].transpose(0, 1), dt_w.transpose(1, 2))
+        dts, dt_w = dts.view(k, batch, length, dim), x.new_empty(0)
+    return load().cross_scan_2d(x, dts, dt_w, proj.view(batch, length, k, proj_dim),
                                 (-torch.exp(A_logs.to(ct))).contiguous(),
                                 dt_projs_bias.to(ct).reshape(-1).contiguous(),
                                 Ds.to(ct).contiguous(), rank, rank + n)

@@ -233,9 +233,8 @@ void dispatch_forward_time_major(const T* u, const T* dt_raw, const T* bias, con
 // the cross-merge over the channel-last map, without building the four direction sequences.
 // Direction k visits the map's L = H*W positions row-major (0), column-major (1), and both
 // reversed (2, 3); the per-token projections do not depend on that order, so x_proj runs once on
-// the map (row-major positions) and read here at each direction's position. (Applying Δ's
-// low-rank projection here instead of reading it did not vectorise and measured slower.)
-//   x: [b, L, d] (the map; u of every direction)   dt_raw: [K, b, L, d]
+// the map (row-major positions) and read here at each direction's position.
+//   x: [b, L, d] (the map; u of every direction)   dt_raw: [K, b, L, d] or null (see below)
 //   proj: [b, L, K, P] rows holding B at offset b_off and C at c_off (N values each)
 //   A: [K*d, N]   bias, Dskip: [K*d]   out: [b, L, d] = the sum of the four directions' y
 // Work items are (batch, block of channels); each runs its block through all four directions,
@@ -261,16 +260,34 @@ inline int64_t block_width(int64_t b, int64_t d) {
   return std::min(kBlock, (w + 15) / 16 * 16);
 }
 
+// Δ's raw value for one block, from the low-rank inputs low[0..R) and dt_proj weights stored
+// rank-major (wr[r * d + j]): R axpys over the block's channels, each one vectorised.
+template <typename T>
+inline void low_rank_dt(const T* __restrict low, const T* __restrict wr, T* __restrict raw,
+                        int64_t R, int64_t d, int64_t w) {
+  for (int64_t j = 0; j < w; ++j) raw[j] = low[0] * wr[j];
+  for (int64_t r = 1; r < R; ++r) {
+    const T lr = low[r];
+    const T* __restrict wrow = wr + r * d;
+    for (int64_t j = 0; j < w; ++j) raw[j] += lr * wrow[j];
+  }
+}
+
+// dt_raw is either Δ's raw values [K, b, L, d], or null: then Δ is computed here from the
+// low-rank values at offset 0 of each proj row and dt_w [K, R, d] (rank-major), which saves
+// writing and re-reading a [K, b, L, d] tensor where the rank is small.
 template <typename T, int NS>
-void cross_scan_2d(const T* x, const T* dt_raw, const T* proj, const T* A, const T* bias,
-                   const T* Dskip, T* out, int64_t b, int64_t H, int64_t W, int64_t d,
-                   int64_t N, int64_t K, int64_t P, int64_t b_off, int64_t c_off) {
+void cross_scan_2d(const T* x, const T* dt_raw, const T* dt_w, int64_t R, const T* proj,
+                   const T* A, const T* bias, const T* Dskip, T* out, int64_t b, int64_t H,
+                   int64_t W, int64_t d, int64_t N, int64_t K, int64_t P, int64_t b_off,
+                   int64_t c_off) {
   const int64_t L = H * W;
   const int64_t bw = block_width(b, d);
   const int64_t blocks = (d + bw - 1) / bw;
   const int64_t n_states = NS > 0 ? NS : N;
   at::parallel_for(0, b * blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> h(n_states * kBlock), At(n_states * kBlock), dt(kBlock), acc(kBlock);
+    std::vector<T> h(n_states * kBlock), At(n_states * kBlock), dt(kBlock), acc(kBlock),
+        raw(kBlock);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t bi = item / blocks, c0 = (item % blocks) * bw;
       const int64_t w = std::min(bw, d - c0);
@@ -284,12 +301,18 @@ void cross_scan_2d(const T* x, const T* dt_raw, const T* proj, const T* A, const
           if (t + kAhead < L) {   // the rows a few steps on: column-major steps jump W*d apart
             const int64_t q = direction_position(k, t + kAhead, H, W, L);
             prefetch_row(x + (bi * L + q) * d + c0, w);
-            prefetch_row(dt_raw + ((k * b + bi) * L + q) * d + c0, w);
+            if (dt_raw) prefetch_row(dt_raw + ((k * b + bi) * L + q) * d + c0, w);
             prefetch_row(out + (bi * L + q) * d + c0, w);
           }
           const T* __restrict ut = x + (bi * L + p) * d + c0;
-          const T* __restrict rt = dt_raw + ((k * b + bi) * L + p) * d + c0;
           const T* row = proj + ((bi * L + p) * K + k) * P;
+          const T* rt;
+          if (dt_raw) {
+            rt = dt_raw + ((k * b + bi) * L + p) * d + c0;
+          } else {
+            low_rank_dt(row, dt_w + k * R * d + c0, raw.data(), R, d, w);
+            rt = raw.data();
+          }
           const T* bt = row + b_off;
           const T* ct = row + c_off;
           T* __restrict yt = out + (bi * L + p) * d + c0;
@@ -404,32 +427,46 @@ torch::Tensor forward_time_major(torch::Tensor u, torch::Tensor dt_raw, torch::T
   return y;
 }
 
-torch::Tensor cross_scan_2d_forward(torch::Tensor x, torch::Tensor dt_raw, torch::Tensor proj,
-                                    torch::Tensor A, torch::Tensor bias, torch::Tensor Dskip,
-                                    int64_t b_off, int64_t c_off) {
-  for (const auto* t : {&x, &dt_raw, &proj, &A, &bias, &Dskip}) {
+// dt_raw: Δ's raw values [K, b, L, d], or an empty tensor: then Δ = dt_w applied to the R
+// low-rank values at the start of each proj row (dt_w: [K, R, d])
+torch::Tensor cross_scan_2d_forward(torch::Tensor x, torch::Tensor dt_raw, torch::Tensor dt_w,
+                                    torch::Tensor proj, torch::Tensor A, torch::Tensor bias,
+                                    torch::Tensor Dskip, int64_t b_off, int64_t c_off) {
+  const bool raw_given = dt_raw.numel() > 0;
+  for (const auto* t : {&x, &dt_raw, &dt_w, &proj, &A, &bias, &Dskip}) {
     TORCH_CHECK(t->device().is_cpu(), "scan_cpu: CPU tensors only");
     TORCH_CHECK(t->is_contiguous(), "scan_cpu: contiguous tensors only");
-    TORCH_CHECK(t->scalar_type() == x.scalar_type(), "scan_cpu: one dtype for all inputs");
+    TORCH_CHECK(t->numel() == 0 || t->scalar_type() == x.scalar_type(),
+                "scan_cpu: one dtype for all inputs");
   }
   TORCH_CHECK(x.dim() == 4, "cross_scan_2d: x must be [b, H, W, d]");
   const int64_t b = x.size(0), H = x.size(1), W = x.size(2), d = x.size(3);
-  TORCH_CHECK(dt_raw.dim() == 4 && dt_raw.size(1) == b && dt_raw.size(2) == H * W &&
-                  dt_raw.size(3) == d,
-              "cross_scan_2d: dt must be [K, b, L, d]");
-  const int64_t K = dt_raw.size(0), N = A.size(1);
+  TORCH_CHECK(proj.dim() == 4 && proj.size(0) == b && proj.size(1) == H * W,
+              "cross_scan_2d: proj must be [b, L, K, P]");
+  const int64_t K = proj.size(2), N = A.size(1);
+  int64_t R = 0;
+  if (raw_given) {
+    TORCH_CHECK(dt_raw.dim() == 4 && dt_raw.size(0) == K && dt_raw.size(1) == b &&
+                    dt_raw.size(2) == H * W && dt_raw.size(3) == d,
+                "cross_scan_2d: dt must be [K, b, L, d]");
+  } else {
+    TORCH_CHECK(dt_w.dim() == 3 && dt_w.size(0) == K && dt_w.size(2) == d && dt_w.size(1) >= 1 &&
+                    dt_w.size(1) <= proj.size(3),
+                "cross_scan_2d: without dt, dt_w must be [K, R, d] with R <= P");
+    R = dt_w.size(1);
+  }
   TORCH_CHECK(A.dim() == 2 && A.size(0) == K * d, "cross_scan_2d: A must be [K*d, N]");
   TORCH_CHECK(bias.numel() == K * d && Dskip.numel() == K * d,
               "cross_scan_2d: bias and D must be [K*d]");
-  TORCH_CHECK(proj.dim() == 4 && proj.size(0) == b && proj.size(1) == H * W && proj.size(2) == K &&
-                  b_off >= 0 && c_off >= 0 && b_off + N <= proj.size(3) &&
-                  c_off + N <= proj.size(3),
-              "cross_scan_2d: proj must be [b, L, K, P] holding B and C");
+  TORCH_CHECK(b_off >= 0 && c_off >= 0 && b_off + N <= proj.size(3) && c_off + N <= proj.size(3),
+              "cross_scan_2d: proj must hold B and C");
   auto out = torch::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "scan_cpu_cross_scan_2d", [&] {
     auto run = [&](auto tag) {
       constexpr int NS = decltype(tag)::value;
-      cross_scan_2d<scalar_t, NS>(x.data_ptr<scalar_t>(), dt_raw.data_ptr<scalar_t>(),
+      cross_scan_2d<scalar_t, NS>(x.data_ptr<scalar_t>(),
+                                  raw_given ? dt_raw.data_ptr<scalar_t>() : nullptr,
+                                  raw_given ? nullptr : dt_w.data_ptr<scalar_t>(), R,
                                   proj.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(),
                                   bias.data_ptr<scalar_t>(), Dskip.data_ptr<scalar_t>(),
                                   out.data_ptr<scalar_t>(), b, H, W, d, N, K, proj.size(3),
