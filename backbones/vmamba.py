@@ -74,7 +74,13 @@ class _Placeholder(nn.Module):
 
 
 def _conv_nhwc(conv: nn.Conv2d, x: Tensor) -> Tensor:
-    return conv(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    x = x.permute(0, 3, 1, 2)
+    if x.device.type == "cpu" and conv.weight.numel() > x.numel():
+        # a channels-last input makes the CPU convolution copy its weight to channels-last on
+        # every call; where the weight is the larger tensor (late downsamples at small batches)
+        # copying the map is cheaper (stage-3 downsample, batch 1: 4.5 -> 3.1 ms)
+        x = x.contiguous()
+    return conv(x).permute(0, 2, 3, 1)
 
 
 class ConvDownsample(nn.Sequential):
