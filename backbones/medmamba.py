@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from timm.layers import DropPath
 
-from tokenred.layers import drop_path_rates, imagenet_eval_config
+from tokenred.layers import conv_to_channel_last, drop_path_rates, imagenet_eval_config
 from tokenred.layers.ss2d import SS2D, GridAdapter, PatchMerging2D, _init_weights, pin_scan_backend
 from tokenred.checkpoint import CheckpointError
 from tokenred.kernels import check_backend
@@ -102,7 +102,7 @@ class MedMamba(nn.Module):
 
     def forward_stages(self, x: Tensor) -> list[Tensor]:
         """Channel-last output of every stage, each after its downsample."""
-        x = self.patch_embed.proj(x).permute(0, 2, 3, 1)
+        x = conv_to_channel_last(self.patch_embed.proj, x)
         x = self.pos_drop(self.patch_embed.norm(x))
         outs = []
         for stage in self.layers:

@@ -32,7 +32,7 @@ from timm.layers import DropPath
 
 from tokenred.checkpoint import CheckpointError, load_checkpoint, register_checkpoint_filter
 from tokenred.kernels import check_backend
-from tokenred.layers import drop_path_rates, imagenet_eval_config
+from tokenred.layers import conv_to_channel_last, drop_path_rates, imagenet_eval_config
 from tokenred.layers.mlp import Mlp
 from tokenred.layers.ss2d import (ACTIVATIONS, SS2D, GridAdapter, PatchMerging2D, _init_weights,
                                   pin_scan_backend)
@@ -116,8 +116,8 @@ class PatchEmbed(nn.Sequential):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.version == "v1":
-            return self[2](self[0](x).permute(0, 2, 3, 1))
-        x = self[2](self[0](x).permute(0, 2, 3, 1))
+            return self[2](conv_to_channel_last(self[0], x))
+        x = self[2](conv_to_channel_last(self[0], x))
         x = _conv_nhwc(self[5], self[4](x))
         return self[7](x)
 
