@@ -79,6 +79,8 @@ def test_inference_kernel_allowed():
         assert fused.inference_kernel_allowed(x, (w,))
         with FlopCounterMode(display=False):
             assert not fused.inference_kernel_allowed(x, (w,))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not fused.inference_kernel_allowed(x, (w,))     # bf16 matmuls, not fp32
 
 
 @needs_onednn

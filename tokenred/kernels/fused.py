@@ -1,9 +1,10 @@
 """Fused CPU inference kernels shared by backbones, and the one rule for when they may serve a call.
 
 A fused kernel replaces several PyTorch ops by one call the autograd engine, a jit trace, the
-compiler and a dispatch mode (the FLOP counters) cannot see into, so it is taken only for plain
-inference: no gradient needed, nothing tracing or watching the ops one by one. Everywhere else
-the generic ops run, so gradients, compiled graphs and FLOP counts are those of the generic path.
+compiler, autocast and a dispatch mode (the FLOP counters) cannot see into, so it is taken only
+for plain inference: no gradient needed, nothing tracing or watching the ops one by one, no
+autocast. Everywhere else the generic ops run, so gradients, compiled graphs, mixed precision
+and FLOP counts are those of the generic path.
 """
 from __future__ import annotations
 
@@ -15,13 +16,16 @@ from torch import Tensor
 
 def inference_kernel_allowed(x: Tensor, weights: tuple = ()) -> bool:
     """Whether an opaque inference kernel may replace the generic ops for input ``x`` and the
-    parameters ``weights``: no gradient is needed and no jit trace, compiler or dispatch mode
-    must see the individual ops."""
+    parameters ``weights``: no gradient is needed, no jit trace, compiler or dispatch mode must
+    see the individual ops, and no autocast is on for x's device (it would run the generic
+    matmuls in lower precision; the kernels compute in x's dtype)."""
     from torch.utils._python_dispatch import _get_current_dispatch_mode
 
     if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *weights)):
         return False
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    if torch.is_autocast_enabled(x.device.type):
         return False
     return _get_current_dispatch_mode() is None
 
