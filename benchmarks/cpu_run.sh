@@ -19,3 +19,9 @@ run medmamba_vs_deit_cpp_b8 600 $PY benchmarks/vmamba_vs_deit.py --ssm medmamba_
 run vim_vs_deit_cpp_b1 600 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --reference no --json $R/vim_vs_deit_cpp_b1.json
 run vim_vs_deit_cpp_b8 600 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --batch-size 8 --reference no --iters 10 --json $R/vim_vs_deit_cpp_b8.json
 run compile_vs_eager_b1 900 $PY benchmarks/compile_vs_eager.py --threads 2 --pairs deit_small_patch16_224=none,deit_small_patch16_224=tome:r=13,vmamba_tiny_s1l8=none,vmamba_tiny_s1l8=quartermap --json $R/compile_vs_eager_b1.json
+# fifth session (the fused MLP, Δ in the kernel, channels-last stems; each row also against a
+# DeiT-S control with the same fused MLP)
+run vmamba_vs_deit_cpp_mlp_b1 900 $PY benchmarks/vmamba_vs_deit.py --threads 2 --json $R/vmamba_vs_deit_cpp_mlp_b1.json
+run vmamba_vs_deit_cpp_mlp_b8 1800 $PY benchmarks/vmamba_vs_deit.py --threads 2 --batch-size 8 --reference no --json $R/vmamba_vs_deit_cpp_mlp_b8.json
+run medmamba_vs_deit_cpp_mlp_b8 1800 $PY benchmarks/vmamba_vs_deit.py --ssm medmamba_tiny --threads 2 --batch-size 8 --reference no --json $R/medmamba_vs_deit_cpp_mlp_b8.json
+run compile_vs_eager_medmamba_b1 1500 $PY benchmarks/compile_vs_eager.py --threads 2 --pairs medmamba_tiny=none,medmamba_tiny=quartermap,vmamba_tiny_s1l8=none --json $R/compile_vs_eager_medmamba_b1.json
