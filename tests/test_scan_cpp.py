@@ -76,6 +76,24 @@ def test_time_major_inference_matches_float64_sequential(d_state, dim, groups, l
     assert float64_y.dtype == torch.float64 and rel_err(float64_y, ref) < 1e-12
 
 
+@pytest.mark.parametrize("d_state", [1, 16])
+def test_the_kernels_exp_and_softplus_hold_at_extreme_steps(d_state):
+    """The kernels' own float32 exp and softplus over the whole range a trained model can reach:
+    raw Δ from -120 to 120 (softplus below its underflow, through its threshold 20, far above)
+    and decays exp(Δ·A) down to e^-3000 (clamped inside the kernel at 2^-126)."""
+    length, dim = 257, 48
+    raw = torch.linspace(-120, 120, length).repeat(1, dim, 1)
+    raw = raw[..., torch.randperm(length, generator=torch.Generator().manual_seed(0))]
+    inputs = make_inputs(1, dim, d_state, length, groups=1)
+    inputs.update(delta=raw, delta_bias=None, delta_softplus=True,
+                  A=-torch.logspace(-2, 1.4, dim * d_state).view(dim, d_state))
+    ref = scan_reference(**float64(inputs))
+    for fed in (inputs, dict(inputs, u=time_major(inputs["u"]), delta=time_major(raw))):
+        with torch.no_grad():
+            y = cpp(**fed)                 # the channel-major kernel, then the time-major one
+        assert torch.isfinite(y).all() and rel_err(y, ref) < 1e-5
+
+
 def test_time_major_inputs_needing_gradients_take_the_differentiable_kernel():
     inputs = make_inputs(1, 8, 1, 20)
     u = time_major(inputs["u"]).requires_grad_()
