@@ -25,3 +25,10 @@ run vmamba_vs_deit_cpp_mlp_b1 900 $PY benchmarks/vmamba_vs_deit.py --threads 2 -
 run vmamba_vs_deit_cpp_mlp_b8 1800 $PY benchmarks/vmamba_vs_deit.py --threads 2 --batch-size 8 --reference no --json $R/vmamba_vs_deit_cpp_mlp_b8.json
 run medmamba_vs_deit_cpp_mlp_b8 1800 $PY benchmarks/vmamba_vs_deit.py --ssm medmamba_tiny --threads 2 --batch-size 8 --reference no --json $R/medmamba_vs_deit_cpp_mlp_b8.json
 run compile_vs_eager_medmamba_b1 1500 $PY benchmarks/compile_vs_eager.py --threads 2 --pairs medmamba_tiny=none,medmamba_tiny=quartermap,vmamba_tiny_s1l8=none --json $R/compile_vs_eager_medmamba_b1.json
+# the same after the inline exp/softplus (build D in the README), and the scan microbenchmark
+run vmamba_vs_deit_cpp_fastexp_b1 900 $PY benchmarks/vmamba_vs_deit.py --threads 2 --json $R/vmamba_vs_deit_cpp_fastexp_b1.json
+run vmamba_vs_deit_cpp_fastexp_b8 1800 $PY benchmarks/vmamba_vs_deit.py --threads 2 --batch-size 8 --reference no --json $R/vmamba_vs_deit_cpp_fastexp_b8.json
+run vmamba_vs_deit_cpp_fastexp_b8_long 1800 $PY benchmarks/vmamba_vs_deit.py --threads 2 --batch-size 8 --reference no --iters 40 --rounds 20 --json $R/vmamba_vs_deit_cpp_fastexp_b8_long.json
+run medmamba_vs_deit_cpp_fastexp_b8 1800 $PY benchmarks/vmamba_vs_deit.py --ssm medmamba_tiny --threads 2 --batch-size 8 --reference no --json $R/medmamba_vs_deit_cpp_fastexp_b8.json
+run vim_vs_deit_cpp_fastexp_b1 900 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --reference no --json $R/vim_vs_deit_cpp_fastexp_b1.json
+run scan_cpp_fastexp_b1 900 $PY benchmarks/selective_scan.py --threads 2 --json $R/scan_cpp_fastexp_b1.json
