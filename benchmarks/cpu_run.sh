@@ -32,3 +32,4 @@ run vmamba_vs_deit_cpp_fastexp_b8_long 1800 $PY benchmarks/vmamba_vs_deit.py --t
 run medmamba_vs_deit_cpp_fastexp_b8 1800 $PY benchmarks/vmamba_vs_deit.py --ssm medmamba_tiny --threads 2 --batch-size 8 --reference no --json $R/medmamba_vs_deit_cpp_fastexp_b8.json
 run vim_vs_deit_cpp_fastexp_b1 900 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --reference no --json $R/vim_vs_deit_cpp_fastexp_b1.json
 run scan_cpp_fastexp_b1 900 $PY benchmarks/selective_scan.py --threads 2 --json $R/scan_cpp_fastexp_b1.json
+run compile_vs_eager_vim_topvim_b1 1200 $PY benchmarks/compile_vs_eager.py --threads 2 --pairs vim_small=topvim --json $R/compile_vs_eager_vim_topvim_b1.json
