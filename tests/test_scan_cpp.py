@@ -80,7 +80,7 @@ def test_time_major_inference_matches_float64_sequential(d_state, dim, groups, l
 def test_the_kernels_exp_and_softplus_hold_at_extreme_steps(d_state):
     """The kernels' own float32 exp and softplus over the whole range a trained model can reach:
     raw Δ from -120 to 120 (softplus below its underflow, through its threshold 20, far above)
-    and decays exp(Δ·A) down to e^-3000 (clamped inside the kernel at 2^-126)."""
+    and decays exp(Δ·A) down to e^-3000 (the time-major kernel clamps them at e^-87)."""
     length, dim = 257, 48
     raw = torch.linspace(-120, 120, length).repeat(1, dim, 1)
     raw = raw[..., torch.randperm(length, generator=torch.Generator().manual_seed(0))]
@@ -221,6 +221,17 @@ def test_fused_ss2d_equals_the_generic_path(d_state, ratio, height, width, dt_in
     assert rel_err(got, want.double()) < 1e-5
     # (the generic path takes A, D and Δ's bias through float32, as VMamba does: 1e-8, not 1e-12)
     assert got64.dtype == torch.float64 and rel_err(got64, ref64) < 1e-8
+
+
+def test_the_fused_kernel_on_an_empty_batch():
+    from tokenred.layers.ss2d import SS2D
+
+    layer = SS2D(16, 1, 1.0, "auto").eval()
+    with torch.inference_mode():
+        out = scan_cpp.cross_scan_2d(torch.zeros(0, 3, 4, layer.d_inner), layer.x_proj_weight,
+                                     layer.dt_projs_weight, layer.dt_projs_bias, layer.A_logs,
+                                     layer.Ds)
+    assert out.shape == (0, 3, 4, layer.d_inner)
 
 
 def test_the_fused_kernel_steps_aside_for_gradients_traces_and_flop_counters():

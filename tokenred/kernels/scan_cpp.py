@@ -187,6 +187,8 @@ def cross_scan_2d(x: Tensor, x_proj_weight: Tensor, dt_projs_weight: Tensor,
     batch, height, width, dim = x.shape
     k, proj_dim, _ = x_proj_weight.shape
     ct = torch.float64 if x.dtype == torch.float64 else torch.float32
+    if x.numel() == 0:      # (an empty Δ tensor tells the kernel to compute Δ itself)
+        return x.new_zeros(x.shape, dtype=ct)
     x = x.to(ct).contiguous()
     length = height * width
     rank = dt_projs_weight.shape[2]
