@@ -239,13 +239,16 @@ def html_tables(df: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
-def pareto_front(xs: list[float], ys: list[float], x_larger_better: bool) -> list[int]:
+def pareto_front(xs: list[float], ys: list[float], x_larger_better: bool,
+                 tolerance: float = 0.0) -> list[int]:
     """Indices of the points no other point beats in both x and y (y: larger is better), sorted
-    by x."""
+    by x. ``tolerance`` > 0 widens the front: a point is dropped only when one no worse in x is
+    at least ``tolerance`` better in y."""
     front = []
     for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
         dominated = any(
-            (xj >= x if x_larger_better else xj <= x) and yj >= y and (xj != x or yj != y)
+            (xj >= x if x_larger_better else xj <= x)
+            and (yj >= y + tolerance if tolerance > 0 else yj >= y and (xj != x or yj != y))
             for j, (xj, yj) in enumerate(zip(xs, ys, strict=True)) if j != i)
         if not dominated:
             front.append(i)

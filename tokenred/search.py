@@ -219,21 +219,14 @@ class _Measurer:
 def pareto_front(points: pd.DataFrame, accuracy: str, tolerance: float = 0.0) -> pd.DataFrame:
     """Points that no other point beats on both GFLOPs (lower) and ``accuracy`` (higher),
     ascending GFLOPs (``tokenred.report.pareto_front``, which the report plots also use).
-    ``tolerance`` > 0 widens it: a point is dropped only when a point with no more GFLOPs is more
-    accurate by more than ``tolerance``."""
+    ``tolerance`` > 0 widens it: a point is dropped only when a point with no more GFLOPs is at
+    least ``tolerance`` more accurate."""
     from .report import pareto_front as front_indices
 
     ordered = points.sort_values(["gflops", accuracy], ascending=[True, False]).reset_index(
         drop=True)
-    if tolerance > 0:
-        keep, best = [], -math.inf
-        for i, value in enumerate(ordered[accuracy]):
-            if value > best - tolerance:
-                keep.append(i)
-            best = max(best, value)
-    else:
-        keep = front_indices(list(ordered["gflops"]), list(ordered[accuracy]),
-                             x_larger_better=False)
+    keep = front_indices(list(ordered["gflops"]), list(ordered[accuracy]), x_larger_better=False,
+                         tolerance=tolerance)
     return ordered.loc[sorted(keep)].reset_index(drop=True)
 
 
@@ -434,11 +427,12 @@ def _validate_front(meter: _Measurer, front: pd.DataFrame) -> pd.DataFrame:
 def _recommend(front: pd.DataFrame, target, max_drop: Optional[float], accuracy: str
                ) -> Optional[dict]:
     """The budget's point: on validation accuracy where the front has it, else calibration."""
-    if f"val_{accuracy}" in front:
-        accuracy = f"val_{accuracy}"
+    def chosen_on(column: str) -> str:
+        return f"val_{column}" if f"val_{column}" in front else column
+
+    accuracy = chosen_on(accuracy)
     if max_drop is not None:
-        drop = "val_delta_top1" if "val_delta_top1" in front else "delta_top1"
-        ok = front[front[drop] >= -max_drop]
+        ok = front[front[chosen_on("delta_top1")] >= -max_drop]
         return None if ok.empty else ok.sort_values("gflops").iloc[0].to_dict()
     kind, value = target
     column = {"gflops": "gflops", "speedup": "speedup", "latency_ms": "latency_ms"}[kind]
