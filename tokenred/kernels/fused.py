@@ -14,6 +14,11 @@ import torch
 from torch import Tensor
 
 
+def needs_grad(*tensors: Tensor) -> bool:
+    """Whether autograd would record an op on ``tensors``."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def inference_kernel_allowed(x: Tensor, weights: tuple = ()) -> bool:
     """Whether an opaque inference kernel may replace the generic ops for input ``x`` and the
     parameters ``weights``: no gradient is needed, no jit trace, compiler or dispatch mode must
@@ -21,7 +26,7 @@ def inference_kernel_allowed(x: Tensor, weights: tuple = ()) -> bool:
     matmuls in lower precision; the kernels compute in x's dtype)."""
     from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (x, *weights)):
+    if needs_grad(x, *weights):
         return False
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .fused import inference_kernel_allowed
+from .fused import inference_kernel_allowed, needs_grad
 
 _SOURCE = os.path.join(os.path.dirname(__file__), "scan_cpu.cpp")
 _lock = threading.Lock()
@@ -132,8 +132,7 @@ def time_major_inference(u: Tensor, delta: Tensor, B: Tensor, C: Tensor) -> bool
     time-major views (it then returns y in the same layout)."""
     from .selective_scan import is_time_major
 
-    needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (u, delta, B, C))
-    return not needs_grad and is_time_major(u) and is_time_major(delta)
+    return not needs_grad(u, delta, B, C) and is_time_major(u) and is_time_major(delta)
 
 
 def scan_cpp_time_major(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
@@ -195,14 +194,15 @@ def cross_scan_2d(x: Tensor, x_proj_weight: Tensor, dt_projs_weight: Tensor,
     n = (proj_dim - rank) // 2
     proj = F.linear(x.view(batch * length, dim), x_proj_weight.to(ct).reshape(k * proj_dim, dim))
     proj = proj.view(batch * length, k, proj_dim)
-    dt_w = dt_projs_weight.to(ct)
+    dt_w = dt_projs_weight.to(ct)                                       # [K, D, R]
     if rank <= IN_KERNEL_DT_MAX_RANK and k * x.numel() >= IN_KERNEL_DT_MIN_VALUES:
-        # Δ computed in the kernel from proj's low-rank values
-        dts, dt_w = x.new_empty(0), dt_w.transpose(1, 2).contiguous()
+        # Δ computed in the kernel from proj's low-rank values, dt_w rank-major [K, R, D]
+        dts, dt_rank_major = x.new_empty(0), dt_w.transpose(1, 2).contiguous()
     else:
-        dts = torch.bmm(proj[..., :rank].transpose(0, 1), dt_w.transpose(1, 2))
-        dts, dt_w = dts.view(k, batch, length, dim), x.new_empty(0)
-    return load().cross_scan_2d(x, dts, dt_w, proj.view(batch, length, k, proj_dim),
+        dts = torch.bmm(proj[..., :rank].transpose(0, 1), dt_w.transpose(1, 2)).view(
+            k, batch, length, dim)
+        dt_rank_major = x.new_empty(0)
+    return load().cross_scan_2d(x, dts, dt_rank_major, proj.view(batch, length, k, proj_dim),
                                 (-torch.exp(A_logs.to(ct))).contiguous(),
                                 dt_projs_bias.to(ct).reshape(-1).contiguous(),
                                 Ds.to(ct).contiguous(), rank, rank + n)

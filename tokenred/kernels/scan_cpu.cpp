@@ -402,13 +402,21 @@ void dispatch_backward(const T* u, const T* dt, const T* A, const T* Bt, const T
   scan_backward<T, 0>(u, dt, A, Bt, Ct, gy, du, ddt, dA, dB, dC, b, d, L, N, G, S);
 }
 
-void check_inputs(const torch::Tensor& u, const torch::Tensor& dt, const torch::Tensor& A,
-                  const torch::Tensor& Bt, const torch::Tensor& Ct) {
-  for (const auto* t : {&u, &dt, &A, &Bt, &Ct}) {
+// Every input on the CPU, contiguous and of `like`'s dtype (with `empty_any_dtype`, an empty
+// tensor, standing for an input not given, may have any dtype).
+void check_cpu_contiguous(std::initializer_list<const torch::Tensor*> tensors,
+                          const torch::Tensor& like, bool empty_any_dtype = false) {
+  for (const auto* t : tensors) {
     TORCH_CHECK(t->device().is_cpu(), "scan_cpu: CPU tensors only");
     TORCH_CHECK(t->is_contiguous(), "scan_cpu: contiguous tensors only");
-    TORCH_CHECK(t->scalar_type() == u.scalar_type(), "scan_cpu: one dtype for all inputs");
+    TORCH_CHECK((empty_any_dtype && t->numel() == 0) || t->scalar_type() == like.scalar_type(),
+                "scan_cpu: one dtype for all inputs");
   }
+}
+
+void check_inputs(const torch::Tensor& u, const torch::Tensor& dt, const torch::Tensor& A,
+                  const torch::Tensor& Bt, const torch::Tensor& Ct) {
+  check_cpu_contiguous({&u, &dt, &A, &Bt, &Ct}, u);
   TORCH_CHECK(u.dim() == 3 && dt.sizes() == u.sizes(), "scan_cpu: u, dt must be [b, d, L]");
   TORCH_CHECK(A.dim() == 2 && A.size(0) == u.size(1), "scan_cpu: A must be [d, N]");
   TORCH_CHECK(Bt.dim() == 4 && Bt.sizes() == Ct.sizes() && Bt.size(0) == u.size(0) &&
@@ -458,11 +466,7 @@ std::vector<torch::Tensor> backward(torch::Tensor u, torch::Tensor dt, torch::Te
 torch::Tensor forward_time_major(torch::Tensor u, torch::Tensor dt_raw, torch::Tensor bias,
                                  torch::Tensor A, torch::Tensor Bt, torch::Tensor Ct,
                                  torch::Tensor Dskip, bool use_softplus) {
-  for (const auto* t : {&u, &dt_raw, &bias, &A, &Bt, &Ct, &Dskip}) {
-    TORCH_CHECK(t->device().is_cpu(), "scan_cpu: CPU tensors only");
-    TORCH_CHECK(t->is_contiguous(), "scan_cpu: contiguous tensors only");
-    TORCH_CHECK(t->scalar_type() == u.scalar_type(), "scan_cpu: one dtype for all inputs");
-  }
+  check_cpu_contiguous({&u, &dt_raw, &bias, &A, &Bt, &Ct, &Dskip}, u);
   TORCH_CHECK(u.dim() == 3 && dt_raw.sizes() == u.sizes(), "scan_cpu: u, dt must be [L, b, d]");
   const int64_t L = u.size(0), b = u.size(1), d = u.size(2);
   TORCH_CHECK(A.dim() == 2 && A.size(0) == d, "scan_cpu: A must be [d, N]");
@@ -488,12 +492,7 @@ torch::Tensor cross_scan_2d_forward(torch::Tensor x, torch::Tensor dt_raw, torch
                                     torch::Tensor proj, torch::Tensor A, torch::Tensor bias,
                                     torch::Tensor Dskip, int64_t b_off, int64_t c_off) {
   const bool raw_given = dt_raw.numel() > 0;
-  for (const auto* t : {&x, &dt_raw, &dt_w, &proj, &A, &bias, &Dskip}) {
-    TORCH_CHECK(t->device().is_cpu(), "scan_cpu: CPU tensors only");
-    TORCH_CHECK(t->is_contiguous(), "scan_cpu: contiguous tensors only");
-    TORCH_CHECK(t->numel() == 0 || t->scalar_type() == x.scalar_type(),
-                "scan_cpu: one dtype for all inputs");
-  }
+  check_cpu_contiguous({&x, &dt_raw, &dt_w, &proj, &A, &bias, &Dskip}, x, true);
   TORCH_CHECK(x.dim() == 4, "cross_scan_2d: x must be [b, H, W, d]");
   const int64_t b = x.size(0), H = x.size(1), W = x.size(2), d = x.size(3);
   TORCH_CHECK(proj.dim() == 4 && proj.size(0) == b && proj.size(1) == H * W,
