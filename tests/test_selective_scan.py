@@ -34,16 +34,62 @@ def rel_err(y, ref):
     return ((y.double() - ref).abs().max() / ref.abs().max()).item()
 
 
+@pytest.fixture(params=["chunked", "stepwise"])
+def inference_path(request, monkeypatch):
+    """Run the ``torch`` backend's inference through its chunked scan or its step-by-step one
+    (which it picks by itself for large d_state > 1 states on CPU); yields the path's name and
+    the list of step-by-step calls."""
+    calls = []
+    stepwise = ss_module._scan_stepwise
+
+    def spy(*args):
+        calls.append(args[0].shape)
+        return stepwise(*args)
+    monkeypatch.setattr(ss_module, "_scan_stepwise", spy)
+    monkeypatch.setattr(ss_module, "_STEPWISE_MIN_STATE",
+                        1 if request.param == "stepwise" else 1 << 62)
+    return request.param, calls
+
+
+def check_path(inference_path, d_state):
+    name, calls = inference_path
+    assert bool(calls) == (name == "stepwise" and d_state > 1), (name, d_state, calls)
+
+
 @pytest.mark.parametrize("d_state", [1, 16])
 @pytest.mark.parametrize("length", [1, 7, 49, 196, 3136])
 @pytest.mark.parametrize("regime", ["init", "large"])
-def test_torch_backend_matches_float64_sequential(d_state, length, regime):
+def test_torch_backend_matches_float64_sequential(d_state, length, regime, inference_path):
     dim = 32 if d_state == 16 and length == 3136 else 64
     inputs = make_inputs(2, dim, d_state, length, regime=regime)
     ref = scan_reference(**float64(inputs))
     y = scan_torch(**inputs)
     assert y.dtype == torch.float32 and y.shape == (2, dim, length)
     assert rel_err(y, ref) < 1e-5
+    check_path(inference_path, d_state)
+
+
+@pytest.mark.parametrize("block", [1, 3, 16])
+@pytest.mark.parametrize("length", [1, 2, 16, 17, 50])
+def test_stepwise_blocks_carry_the_state(block, length, monkeypatch):
+    """The step-by-step scan's time blocks: every block starts from the previous one's last
+    state, whatever the block size and however the length falls on block boundaries."""
+    monkeypatch.setattr(ss_module, "_STEPWISE_MIN_STATE", 1)
+    monkeypatch.setattr(ss_module, "_STEPWISE_MAX_BLOCK", block)
+    inputs = make_inputs(2, 12, 4, length, groups=3, regime="large")
+    assert rel_err(scan_torch(**inputs), scan_reference(**float64(inputs))) < 1e-5
+
+
+def test_large_states_on_cpu_take_the_stepwise_scan(monkeypatch):
+    calls = []
+    stepwise = ss_module._scan_stepwise
+    monkeypatch.setattr(ss_module, "_scan_stepwise", lambda *a: calls.append(1) or stepwise(*a))
+    vim_like = make_inputs(1, 768, 16, 5, groups=1)   # Vim-S: one step's state is 12288 values
+    scan_torch(**vim_like)
+    assert calls == [1]
+    scan_torch(**make_inputs(8, 768, 1, 5))           # d_state 1 (VMamba v2): chunked
+    scan_torch(**make_inputs(1, 16, 16, 5))           # a small state: chunked
+    assert calls == [1]
 
 
 @pytest.mark.parametrize("chunk", [2, 3, 5, 16, 64, 4096])
@@ -53,13 +99,14 @@ def test_result_does_not_depend_on_the_chunk(chunk):
     assert rel_err(scan_torch(**inputs, chunk=chunk), ref) < 1e-5
 
 
-def test_extreme_decay_gives_no_overflow_or_nan():
+def test_extreme_decay_gives_no_overflow_or_nan(inference_path):
     # total log-decay far beyond float32's exp range inside every chunk
     inputs = make_inputs(1, 8, 16, 3136, regime="large")
     inputs["delta"] = inputs["delta"] + 60.0
     y = scan_torch(**inputs)
     assert torch.isfinite(y).all()
     assert rel_err(y, scan_reference(**float64(inputs))) < 1e-5
+    check_path(inference_path, 16)
 
 
 def inputs_with_bc_form(form, batch, dim, d_state, length):
@@ -74,10 +121,11 @@ def inputs_with_bc_form(form, batch, dim, d_state, length):
 
 
 @pytest.mark.parametrize("form", ["grouped", "ungrouped", "constant"])
-def test_b_c_shapes_and_gate(form):
+def test_b_c_shapes_and_gate(form, inference_path):
     inputs = inputs_with_bc_form(form, 2, 12, 3, 40)
     ref = scan_reference(**float64(inputs))
     assert rel_err(scan_torch(**inputs), ref) < 1e-5
+    check_path(inference_path, 3)
     # the gate, and the D skip, by hand: y = (scan without D + D u) * silu(z)
     bare = scan_reference(**{**float64(inputs), "D": None, "z": None})
     manual = (bare + inputs["D"].double()[:, None] * inputs["u"].double()) \
