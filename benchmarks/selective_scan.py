@@ -1,5 +1,5 @@
-"""Selective scan: the `torch` backend against the plain sequential loop (`reference`), and against
-mamba_ssm's CUDA kernel when it is importable on a GPU.
+"""Selective scan: the `torch` backend against the plain sequential loop (`reference`), and on a GPU
+against the `triton` kernel and mamba_ssm's CUDA kernel when they are importable.
 
 Shapes are VMamba's: K·D channels (4 directions × d_inner), d_state N, L = H·W. The default set is
 the issue's headline case (L=3136, K·D=384, N=1, batch 1), the same with N=16, and the four
@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from tokenred.kernels import mamba_ssm_available, scan_cpp, scan_reference, selective_scan
+from tokenred.kernels import mamba_ssm_available, scan_cpp, scan_reference, scan_triton, selective_scan
 from tokenred.report import write_json
 from tokenred.timing import environment
 
@@ -72,6 +72,8 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     backends = ["torch", "reference"] + (["mamba_ssm"] if device.type == "cuda"
                                          and mamba_ssm_available() else [])
+    if device.type == "cuda" and scan_triton.works_on(device):   # the Triton kernel
+        backends.insert(1, "triton")
     if device.type == "cpu" and scan_cpp.available():   # the compiled CPU kernel
         backends.insert(1, "cpp")
     env = environment(device, torch.float32, False)
@@ -105,12 +107,17 @@ def main() -> int:
                 row["torch_vs_mamba_ssm"] = med["torch"] / med["mamba_ssm"]
             if "cpp" in med and "reference" in med:
                 row["speedup_cpp_vs_reference"] = med["reference"] / med["cpp"]
+            if "triton" in med:
+                row["torch_vs_triton"] = med["torch"] / med["triton"]
+                if "mamba_ssm" in med:
+                    row["triton_vs_mamba_ssm"] = med["triton"] / med["mamba_ssm"]
             rows.append(row)
             cells = "  ".join(f"{b} {m:8.2f} ms" for b, m in med.items())
             ratio = (f"  reference/torch {row['speedup_torch_vs_reference']:6.1f}x"
                      if "speedup_torch_vs_reference" in row else "")
             ratio += (f"  reference/cpp {row['speedup_cpp_vs_reference']:6.1f}x"
                       if "speedup_cpp_vs_reference" in row else "")
+            ratio += f"  torch/triton {row['torch_vs_triton']:6.1f}x" if "torch_vs_triton" in row else ""
             print(f"{label:<26} {cells}{ratio}  max rel err {max(err.values()):.1e}")
     if args.json:
         write_json(args.json, {"args": vars(args), "env": env, "rows": rows})

@@ -24,7 +24,7 @@ import torch
 from timm.layers import Mlp as TimmMlp
 
 import tokenred
-from tokenred.kernels import mamba_ssm_available, scan_cpp
+from tokenred.kernels import mamba_ssm_available, scan_cpp, scan_triton
 from tokenred.layers.mlp import Mlp
 from tokenred.report import write_json
 from tokenred.timing import benchmark_interleaved, paired_ratio
@@ -72,6 +72,8 @@ def main() -> int:
             args.vmamba, scan_backend="reference")
     if not cuda and args.control:
         models[CONTROL] = with_fused_mlp(copy.deepcopy(deit_model))
+    if cuda and scan_triton.works_on(torch.device(args.device)):   # the Triton kernel
+        models[f"{args.vmamba} (triton scan)"] = tokenred.create_backbone(args.vmamba, scan_backend="triton")
     if cuda and mamba_ssm_available():
         models[f"{args.vmamba} (mamba_ssm)"] = tokenred.create_backbone(args.vmamba, scan_backend="mamba_ssm")
     res = benchmark_interleaved(models, 224, batch, args.device, args.dtype, args.amp, warmup,

@@ -22,12 +22,17 @@ Backends (``backend=`` or ``set_default_backend``):
   a C++ compiler and ``ninja``), with its own backward that recomputes the states: the working set
   of one channel stays in cache, so it is the fast CPU path for training and inference. Opt-in,
   because the first use compiles for ~30 s; constant [D, N] B/C fall back to ``torch``.
+* ``triton`` — one Triton kernel for CUDA inference (``scan_triton.py``): decays, drives and
+  the scan of each tile of steps in registers, with ``tl.associative_scan``; bias, softplus, D
+  skip and gate fused. Training and float64 take ``torch``. Tested with Triton's CPU interpreter.
 * ``reference`` — the plain sequential loop over time, vectorised over channels (the pattern of
   mamba_ssm's ``selective_scan_ref`` and of VMamba's CPU fallback). For tests and benchmarks.
 * ``mamba_ssm`` — ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn`` (CUDA only).
 
-``backend=None`` (the default) means ``auto``: ``mamba_ssm`` for CUDA tensors when that package is
-importable, ``torch`` otherwise.
+``backend=None`` (the default) means ``auto``: on CUDA, ``mamba_ssm`` when that package is
+importable, else ``triton`` when Triton is importable and its kernel compiles and agrees with
+``torch`` on a small check on that device (once per process; otherwise a warning, and
+``torch``); ``torch`` on every other device.
 
 Inference runs through one custom op, ``tokenred::selective_scan``, so that FLOP counters see the
 scan as one operation and count it with VMamba's formula 9·B·L·D·N + B·D·L (D = K·d_inner): see
@@ -43,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-BACKENDS = ("auto", "torch", "cpp", "reference", "mamba_ssm")
+BACKENDS = ("auto", "torch", "cpp", "triton", "reference", "mamba_ssm")
 _default_backend = "auto"
 
 _LOG2_E = 1.4426950408889634
@@ -91,7 +96,22 @@ def resolve_backend(name: Optional[str], device: torch.device) -> str:
     if device.type == "meta":   # shapes only (the preflight): any backend's answer is torch's
         return "torch"
     if name == "auto":
-        return "mamba_ssm" if device.type == "cuda" and mamba_ssm_available() else "torch"
+        if device.type != "cuda":
+            return "torch"
+        if mamba_ssm_available():
+            return "mamba_ssm"
+        from . import scan_triton
+        return "triton" if scan_triton.works_on(device) else "torch"
+    if name == "triton":
+        from . import scan_triton
+
+        if not scan_triton.available():
+            raise ScanBackendError("scan backend 'triton' requested but triton is not importable "
+                                   "(pip install triton); 'torch' runs everywhere")
+        if device.type != "cuda" and not scan_triton.interpreting():
+            raise ScanBackendError(f"scan backend 'triton' runs on CUDA tensors only (or on CPU "
+                                   f"under TRITON_INTERPRET=1, for tests), got {device.type}; "
+                                   f"use 'auto' or 'torch'")
     if name == "mamba_ssm":
         if device.type != "cuda":
             raise ScanBackendError(f"scan backend 'mamba_ssm' runs on CUDA tensors only, got "
@@ -576,11 +596,23 @@ def _scan_cpp(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     return scan_cpp.scan_cpp(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 
-_IMPLEMENTATIONS = {"torch": scan_torch, "cpp": _scan_cpp, "reference": scan_reference,
-                    "mamba_ssm": scan_mamba_ssm}
+def _scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                 D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+                 delta_bias: Optional[Tensor] = None, delta_softplus: bool = False) -> Tensor:
+    from . import scan_triton
+
+    if not scan_triton.supports(u):      # float64: the kernel computes in float32
+        return scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+    return scan_triton.scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                   out=_output_like(u, "triton"))
+
+
+_IMPLEMENTATIONS = {"torch": scan_torch, "cpp": _scan_cpp, "triton": _scan_triton,
+                    "reference": scan_reference, "mamba_ssm": scan_mamba_ssm}
 #: what runs when gradients are needed: reference is plain autograd through the loop, mamba_ssm's
-#: function has its own backward
-_DIFFERENTIABLE = {"torch": scan_torch_autograd, "cpp": _scan_cpp, "reference": scan_reference,
+#: function has its own backward; the Triton kernel has none, so training takes torch's backward
+_DIFFERENTIABLE = {"torch": scan_torch_autograd, "cpp": _scan_cpp,
+                   "triton": scan_torch_autograd, "reference": scan_reference,
                    "mamba_ssm": scan_mamba_ssm}
 
 
@@ -605,11 +637,11 @@ def is_time_major(t: Tensor) -> bool:
 
 def _output_like(u: Tensor, backend: str) -> Tensor:
     """An empty output in the layout ``backend`` returns: the chunked ``torch`` scan's is a
-    [B, D, L] view of time-major [L, B, D] storage (no copy back), and so is ``cpp``'s for
-    time-major u and Δ; every other one is contiguous."""
+    [B, D, L] view of time-major [L, B, D] storage (no copy back), and so is ``cpp``'s and
+    ``triton``'s for time-major u; every other one is contiguous."""
     dtype = _compute_dtype(u)
     # (cpp on time-major u keeps that layout; the op is inference only, so no gradient is needed)
-    if backend == "torch" or (backend == "cpp" and is_time_major(u)):
+    if backend == "torch" or (backend in ("cpp", "triton") and is_time_major(u)):
         batch, dim, length = u.shape
         return u.new_empty((length, batch, dim), dtype=dtype).permute(1, 2, 0)
     return u.new_empty(u.shape, dtype=dtype)
@@ -629,7 +661,8 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     u, delta: [batch, D, L]; A: [D, N]; B, C: [batch, G, N, L] (G groups of D/G channels; VMamba
     uses G = 4 directions), [batch, N, L] or [D, N]; D, delta_bias: [D]; z: [batch, D, L].
     Returns float32 [batch, D, L] (float64 if ``u`` is float64). ``backend``: ``None``/``"auto"``,
-    ``"torch"``, ``"cpp"``, ``"reference"`` or ``"mamba_ssm"`` (see the module docstring).
+    ``"torch"``, ``"cpp"``, ``"triton"``, ``"reference"`` or ``"mamba_ssm"`` (see the module
+    docstring).
     """
     _check_shapes(u, delta, A, B, C, D, z, delta_bias)
     name = resolve_backend(backend, u.device)

@@ -1,0 +1,198 @@
+"""The ``triton`` selective-scan backend: one Triton kernel for inference on CUDA.
+
+Each program owns one sample and a block of channels. It walks the sequence in tiles of
+``BLOCK_L`` steps. Per tile, and per state n (a compile-time loop: the kernel is specialised for
+each d_state, 1 for VMamba v2, 16 for v0/MedMamba/Vim), it forms the decays exp(Δ A) and drives
+Δ u B in registers, and scans the tile with ``tl.associative_scan`` on the pairs (a, b) under
+(a1, b1)∘(a2, b2) = (a1 a2, a2 b1 + b2) — products of decays in (0, 1], so nothing can overflow.
+The state entering the tile is folded into its first drive. Softplus and bias of Δ, the D skip
+and the z gate are fused, and inputs are read through their strides: VMamba's time-major views
+need no copy.
+
+What it does not do (the dispatcher says so by routing elsewhere):
+
+* gradients: training on CUDA runs the ``torch`` backend's custom backward;
+* float64: the kernel computes in float32, so float64 inputs take ``torch``.
+
+It has been checked against the ``torch`` backend with Triton's interpreter on CPU
+(``TRITON_INTERPRET=1``, tests/test_scan_triton.py). Whether it is correct and fast on a real
+GPU is for ``benchmarks/gpu_run.sh`` to show. It is chosen by ``auto`` on CUDA when mamba_ssm is
+absent and Triton is importable. If it fails to compile there, ``auto`` warns once and uses
+``torch`` for the rest of the process.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:           # no Triton: available() says so, and nothing below is defined
+    triton = None
+
+LOG2_E = 1.4426950408889634
+
+
+def available() -> bool:
+    return triton is not None
+
+
+def interpreting() -> bool:
+    """Triton's CPU interpreter is on (TRITON_INTERPRET=1): kernels run on CPU tensors."""
+    return triton is not None and bool(triton.knobs.runtime.interpret)
+
+
+_checked: dict = {}
+
+
+def works_on(device: torch.device) -> bool:
+    """Whether ``auto`` may pick this kernel on ``device``: Triton is importable, and the kernel
+    compiles there and matches the ``torch`` backend on a small gated d_state-16 scan. This is
+    checked once per device and process. A failure warns once, naming the error, and ``auto``
+    then uses ``torch``."""
+    if triton is None:
+        return False
+    key = str(device)
+    if key not in _checked:
+        from .selective_scan import scan_torch   # (imported here: that module imports this one)
+
+        g = torch.Generator().manual_seed(0)
+        batch, dim, n, length = 2, 8, 16, 37
+        args = dict(u=torch.randn(batch, dim, length, generator=g),
+                    delta=torch.randn(batch, dim, length, generator=g),
+                    A=-torch.rand(dim, n, generator=g) - 0.5,
+                    B=torch.randn(batch, 2, n, length, generator=g),
+                    C=torch.randn(batch, 2, n, length, generator=g),
+                    D=torch.randn(dim, generator=g), z=torch.randn(batch, dim, length, generator=g),
+                    delta_bias=torch.randn(dim, generator=g))
+        expect = scan_torch(**args, delta_softplus=True)
+        try:
+            on_device = {k: v.to(device) for k, v in args.items()}
+            got = scan_triton(**on_device, delta_softplus=True).cpu()
+            err = ((got - expect).abs().max() / expect.abs().max()).item()
+            _checked[key] = err < 1e-4 or f"it differs from the torch backend by {err:.1e}"
+        except Exception as exc:   # a compile or launch failure: any kind, reported below
+            _checked[key] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if _checked[key] is not True:
+            import warnings
+            warnings.warn(f"tokenred: the Triton selective scan does not work on {key} "
+                          f"({_checked[key]}); the 'auto' scan backend uses 'torch' there",
+                          RuntimeWarning, stacklevel=3)
+    return _checked[key] is True
+
+
+def supports(u: Tensor) -> bool:
+    """What the kernel computes: float32 (float64 would lose precision)."""
+    return u.dtype != torch.float64
+
+
+if triton is not None:
+    @triton.jit
+    def _linear_recurrence(a1, b1, a2, b2):
+        return a1 * a2, a2 * b1 + b2
+
+    @triton.jit
+    def _scan_kernel(u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, z_ptr, bias_ptr, y_ptr,
+                     s_ub, s_ud, s_ul, s_tb, s_td, s_tl, s_ad, s_an,
+                     s_bb, s_bg, s_bn, s_bl, s_cb, s_cg, s_cn, s_cl,
+                     s_zb, s_zd, s_zl, s_yb, s_yd, s_yl,
+                     dim, length, per_group,
+                     N: tl.constexpr, N_PAD: tl.constexpr,
+                     BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+                     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr,
+                     SOFTPLUS: tl.constexpr):
+        batch = tl.program_id(0)
+        d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        d_ok = d < dim
+        group = d // per_group
+        steps = tl.arange(0, BLOCK_L)
+        states = tl.arange(0, N_PAD)
+        carry = tl.zeros([BLOCK_D, N_PAD], dtype=tl.float32)    # h entering the tile
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
+        if HAS_D:
+            skip = tl.load(d_ptr + d, mask=d_ok, other=0.0).to(tl.float32)
+        for start in range(0, length, BLOCK_L):
+            t = start + steps
+            ok = d_ok[:, None] & (t < length)[None, :]
+            u = tl.load(u_ptr + batch * s_ub + d[:, None] * s_ud + t[None, :] * s_ul,
+                        mask=ok, other=0.0).to(tl.float32)
+            dt = tl.load(dt_ptr + batch * s_tb + d[:, None] * s_td + t[None, :] * s_tl,
+                         mask=ok, other=0.0).to(tl.float32)
+            if HAS_BIAS:
+                dt = dt + bias[:, None]
+            if SOFTPLUS:   # torch's threshold: x > 20 -> x
+                dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
+            du = dt * u
+            y = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
+            b_row = b_ptr + batch * s_bb + group[:, None] * s_bg + t[None, :] * s_bl
+            c_row = c_ptr + batch * s_cb + group[:, None] * s_cg + t[None, :] * s_cl
+            for n in tl.static_range(N):
+                a = tl.load(a_ptr + d * s_ad + n * s_an, mask=d_ok, other=0.0).to(tl.float32)
+                decay = tl.exp2(dt * (a * 1.4426950408889634)[:, None])
+                drive = du * tl.load(b_row + n * s_bn, mask=ok, other=0.0).to(tl.float32)
+                # past the end: decay 1, drive 0, so the tile's last column is the last state
+                decay = tl.where(ok, decay, 1.0)
+                drive = tl.where(ok, drive, 0.0)
+                entering = tl.sum(tl.where(states[None, :] == n, carry, 0.0), axis=1)
+                drive = tl.where(steps[None, :] == 0, drive + decay * entering[:, None], drive)
+                _, h = tl.associative_scan((decay, drive), 1, _linear_recurrence)
+                y += h * tl.load(c_row + n * s_cn, mask=ok, other=0.0).to(tl.float32)
+                leaving = tl.sum(tl.where(steps[None, :] == BLOCK_L - 1, h, 0.0), axis=1)
+                carry = tl.where(states[None, :] == n, leaving[:, None], carry)
+            if HAS_D:
+                y += u * skip[:, None]
+            if HAS_Z:
+                z = tl.load(z_ptr + batch * s_zb + d[:, None] * s_zd + t[None, :] * s_zl,
+                            mask=ok, other=0.0).to(tl.float32)
+                y = y * z * tl.sigmoid(z)
+            tl.store(y_ptr + batch * s_yb + d[:, None] * s_yd + t[None, :] * s_yl, y, mask=ok)
+
+
+def _grouped(t: Tensor, dim: int, batch: int, length: int) -> tuple[Tensor, int]:
+    """B or C as a [batch, G, N, L] view, and the channels per group. A constant [D, N] is a
+    zero-stride view with one group per channel."""
+    if t.dim() == 2:
+        return t[None, :, :, None].expand(batch, dim, t.shape[1], length), 1
+    g = t.unsqueeze(1) if t.dim() == 3 else t
+    return g, dim // g.shape[1]
+
+
+def scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                D: Optional[Tensor] = None, z: Optional[Tensor] = None,
+                delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
+                out: Optional[Tensor] = None, block_d: int = 32, block_l: int = 64) -> Tensor:
+    """y [batch, D, L] float32 (into ``out`` when given: any strides). Shapes as
+    ``selective_scan``'s; the caller checks them."""
+    if triton is None:
+        raise RuntimeError("scan backend 'triton' needs the triton package (pip install triton)")
+    batch, dim, length = u.shape
+    n = A.shape[1]
+    y = torch.empty(u.shape, dtype=torch.float32, device=u.device) if out is None else out
+    if y.numel() == 0:
+        return y
+    bg, per_group = _grouped(B, dim, batch, length)
+    cg, per_group_c = _grouped(C, dim, batch, length)
+    if per_group != per_group_c:   # B and C in different group counts: one per channel for both
+        bg = bg.repeat_interleave(per_group, dim=1) if per_group > 1 else bg
+        cg = cg.repeat_interleave(per_group_c, dim=1) if per_group_c > 1 else cg
+        per_group = 1
+    dummy = u                    # a pointer for the absent D / z / bias (never read)
+    zt = z if z is not None else dummy
+    block_l = min(block_l, triton.next_power_of_2(max(length, 1)))
+    block_d = min(block_d, triton.next_power_of_2(dim))
+    grid = (batch, math.ceil(dim / block_d))
+    _scan_kernel[grid](
+        u, delta, A, bg, cg, D if D is not None else dummy, zt,
+        delta_bias if delta_bias is not None else dummy, y,
+        *u.stride(), *delta.stride(), *A.stride(), *bg.stride(), *cg.stride(),
+        *zt.stride(), *y.stride(),
+        dim, length, per_group,
+        N=n, N_PAD=triton.next_power_of_2(n), BLOCK_D=block_d, BLOCK_L=block_l,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+        SOFTPLUS=bool(delta_softplus))
+    return y
