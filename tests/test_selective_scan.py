@@ -80,6 +80,35 @@ def test_stepwise_blocks_carry_the_state(block, length, monkeypatch):
     assert rel_err(scan_torch(**inputs), scan_reference(**float64(inputs))) < 1e-5
 
 
+@pytest.mark.parametrize("batch, expect_one", [(1, True), (4, False)])
+def test_stepwise_scan_runs_on_one_thread_below_the_grain(batch, expect_one, monkeypatch):
+    """Vim-S at batch 1 (12288 state values per step, under torch's 32768 grain): one intra-op
+    thread inside, the caller's setting back after (also after an error); at batch 4 the steps
+    are parallel ops themselves, so the threads stay."""
+    seen = []
+    stepwise = ss_module._scan_stepwise
+
+    def spy(*args):
+        seen.append(torch.get_num_threads())
+        return stepwise(*args)
+    monkeypatch.setattr(ss_module, "_scan_stepwise", spy)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        inputs = make_inputs(batch, 768, 16, 3, groups=1)
+        scan_torch(**inputs)
+        assert seen == [1 if expect_one else 2] and torch.get_num_threads() == 2
+
+        def broken(*args):
+            raise RuntimeError("inside the scan")
+        monkeypatch.setattr(ss_module, "_scan_stepwise", broken)
+        with pytest.raises(RuntimeError, match="inside the scan"):
+            scan_torch(**inputs)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_large_states_on_cpu_take_the_stepwise_scan(monkeypatch):
     calls = []
     stepwise = ss_module._scan_stepwise
