@@ -33,3 +33,9 @@ run medmamba_vs_deit_cpp_fastexp_b8 1800 $PY benchmarks/vmamba_vs_deit.py --ssm 
 run vim_vs_deit_cpp_fastexp_b1 900 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --reference no --json $R/vim_vs_deit_cpp_fastexp_b1.json
 run scan_cpp_fastexp_b1 900 $PY benchmarks/selective_scan.py --threads 2 --json $R/scan_cpp_fastexp_b1.json
 run compile_vs_eager_vim_topvim_b1 1200 $PY benchmarks/compile_vs_eager.py --threads 2 --pairs vim_small=topvim --json $R/compile_vs_eager_vim_topvim_b1.json
+# sixth session: the torch scan's exp2 decays, one-loop chunks and step-by-step path for d_state > 1
+run scan_paths_b1_b8 1800 $PY benchmarks/scan_paths.py --threads 2 --json $R/scan_paths_b1_b8.json
+run scan_torch_stepwise_b1 900 $PY benchmarks/selective_scan.py --threads 2 --json $R/scan_torch_stepwise_b1.json
+run vim_vs_deit_stepwise_b1 900 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --reference no --json $R/vim_vs_deit_stepwise_b1.json
+run medmamba_vs_deit_stepwise_b8 1800 $PY benchmarks/vmamba_vs_deit.py --ssm medmamba_tiny --threads 2 --batch-size 8 --reference no --json $R/medmamba_vs_deit_stepwise_b8.json
+run vmamba_vs_deit_stepwise_b1 900 $PY benchmarks/vmamba_vs_deit.py --threads 2 --json $R/vmamba_vs_deit_stepwise_b1.json
