@@ -49,3 +49,39 @@ def test_triton_backend_on_cuda(d_state, length, time_major):
     assert y.is_cuda and rel_err(y.cpu(), ref) < 1e-5
     if not mamba_ssm_available():
         assert resolve_backend("auto", y.device) == "triton"
+
+
+@pytest.mark.parametrize("d_state", [1, 16])
+def test_the_kernel_compiles_for_sm90_without_spills(d_state, tmp_path):
+    """Ahead of time, no GPU needed: Triton lowers the kernel to PTX for sm_90 (H100/H200) and
+    its bundled ptxas assembles it; ptxas -v must report no spill stores (a spilling tile size
+    would run from local memory)."""
+    import re
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from tokenred.kernels import scan_triton
+
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    if not ptxas.exists():
+        pytest.skip(f"triton has no bundled ptxas at {ptxas}")
+    kernel = scan_triton._scan_kernel
+    constants = dict(N=d_state, N_PAD=triton.next_power_of_2(d_state),
+                     BLOCK_D=scan_triton.BLOCK_D, BLOCK_L=scan_triton.BLOCK_L,
+                     HAS_D=True, HAS_Z=True, HAS_BIAS=True, SOFTPLUS=True)
+    signature = {name: "constexpr" if name in constants else
+                 ("*fp32" if name.endswith("_ptr") else "i32") for name in kernel.arg_names}
+    source = ASTSource(fn=kernel, signature=signature, constexprs={
+        (kernel.arg_names.index(k),): v for k, v in constants.items()})
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options=dict(num_warps=scan_triton.NUM_WARPS))
+    assert compiled.asm["cubin"]
+    ptx = tmp_path / "scan.ptx"
+    ptx.write_text(compiled.asm["ptx"])
+    info = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(ptx), "-o",
+                           str(tmp_path / "scan.cubin")], capture_output=True, text=True)
+    assert info.returncode == 0, info.stderr[-2000:]
+    assert re.search(r"Used \d+ registers", info.stderr), info.stderr[-2000:]
+    spills = [int(v) for v in re.findall(r"(\d+) bytes spill stores", info.stderr)]
+    assert not any(spills), info.stderr[-2000:]

@@ -1,24 +1,29 @@
 """The ``triton`` selective-scan backend: one Triton kernel for inference on CUDA.
 
 Each program owns one sample and a block of channels. It walks the sequence in tiles of
-``BLOCK_L`` steps. Per tile, and per state n (a compile-time loop: the kernel is specialised for
-each d_state, 1 for VMamba v2, 16 for v0/MedMamba/Vim), it forms the decays exp(Δ A) and drives
-Δ u B in registers, and scans the tile with ``tl.associative_scan`` on the pairs (a, b) under
+``BLOCK_L`` steps. Per tile, and per state n, it forms the decays exp(Δ A) and drives Δ u B in
+registers, and scans the tile with ``tl.associative_scan`` on the pairs (a, b) under
 (a1, b1)∘(a2, b2) = (a1 a2, a2 b1 + b2) — products of decays in (0, 1], so nothing can overflow.
-The state entering the tile is folded into its first drive. Softplus and bias of Δ, the D skip
-and the z gate are fused, and inputs are read through their strides: VMamba's time-major views
-need no copy.
+d_state is a compile-time constant, so the kernel is specialised for each (1 for VMamba v2, 16
+for v0, MedMamba and Vim). The state entering the tile is folded into its first drive. Softplus
+and bias of Δ, the D skip and the z gate are fused, and inputs are read through their strides:
+VMamba's time-major views need no copy.
 
 What it does not do (the dispatcher says so by routing elsewhere):
 
 * gradients: training on CUDA runs the ``torch`` backend's custom backward;
 * float64: the kernel computes in float32, so float64 inputs take ``torch``.
 
-It has been checked against the ``torch`` backend with Triton's interpreter on CPU
-(``TRITON_INTERPRET=1``, tests/test_scan_triton.py). Whether it is correct and fast on a real
-GPU is for ``benchmarks/gpu_run.sh`` to show. It is chosen by ``auto`` on CUDA when mamba_ssm is
-absent and Triton is importable. If it fails to compile there, ``auto`` warns once and uses
-``torch`` for the rest of the process.
+Checked without a GPU, two ways (tests/test_scan_triton.py):
+
+* against a float64 loop and the ``torch`` backend, with Triton's CPU interpreter
+  (``TRITON_INTERPRET=1``);
+* compiled ahead of time for sm_90 (H100/H200) down to a cubin by Triton's own ptxas, with no
+  register spills.
+
+Whether it is correct and fast on a real GPU is for ``benchmarks/gpu_run.sh`` to show. ``auto``
+chooses it on CUDA when mamba_ssm is absent and Triton is importable. If it fails to compile or
+disagrees there, ``auto`` warns once and uses ``torch`` for the rest of the process.
 """
 from __future__ import annotations
 
@@ -34,7 +39,10 @@ try:
 except ImportError:           # no Triton: available() says so, and nothing below is defined
     triton = None
 
-LOG2_E = 1.4426950408889634
+#: tile of one program: channels x steps, and its warps. Compiled for sm_90 (H100/H200) these
+#: take 96 (d_state 1) and 141 (d_state 16) registers per thread with no spills; 32 x 64 tiles
+#: spilled (ptxas -v; tests/test_scan_triton.py checks it without a GPU)
+BLOCK_D, BLOCK_L, NUM_WARPS = 16, 32, 4
 
 
 def available() -> bool:
@@ -86,8 +94,8 @@ def works_on(device: torch.device) -> bool:
 
 
 def supports(u: Tensor) -> bool:
-    """What the kernel computes: float32 (float64 would lose precision)."""
-    return u.dtype != torch.float64
+    """What the kernel computes: float32 (float64 would lose precision), with 32-bit offsets."""
+    return u.dtype != torch.float64 and u.numel() < 2 ** 31
 
 
 if triton is not None:
@@ -131,7 +139,7 @@ if triton is not None:
             y = tl.zeros([BLOCK_D, BLOCK_L], dtype=tl.float32)
             b_row = b_ptr + batch * s_bb + group[:, None] * s_bg + t[None, :] * s_bl
             c_row = c_ptr + batch * s_cb + group[:, None] * s_cg + t[None, :] * s_cl
-            for n in tl.static_range(N):
+            for n in range(N):
                 a = tl.load(a_ptr + d * s_ad + n * s_an, mask=d_ok, other=0.0).to(tl.float32)
                 decay = tl.exp2(dt * (a * 1.4426950408889634)[:, None])
                 drive = du * tl.load(b_row + n * s_bn, mask=ok, other=0.0).to(tl.float32)
@@ -165,7 +173,8 @@ def _grouped(t: Tensor, dim: int, batch: int, length: int) -> tuple[Tensor, int]
 def scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                 D: Optional[Tensor] = None, z: Optional[Tensor] = None,
                 delta_bias: Optional[Tensor] = None, delta_softplus: bool = False,
-                out: Optional[Tensor] = None, block_d: int = 32, block_l: int = 64) -> Tensor:
+                out: Optional[Tensor] = None, block_d: int = BLOCK_D, block_l: int = BLOCK_L,
+                num_warps: int = NUM_WARPS) -> Tensor:
     """y [batch, D, L] float32 (into ``out`` when given: any strides). Shapes as
     ``selective_scan``'s; the caller checks them."""
     if triton is None:
@@ -194,5 +203,5 @@ def scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
         dim, length, per_group,
         N=n, N_PAD=triton.next_power_of_2(n), BLOCK_D=block_d, BLOCK_L=block_l,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(delta_softplus))
+        SOFTPLUS=bool(delta_softplus), num_warps=num_warps)
     return y

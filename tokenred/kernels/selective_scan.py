@@ -625,7 +625,7 @@ def _scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                  delta_bias: Optional[Tensor] = None, delta_softplus: bool = False) -> Tensor:
     from . import scan_triton
 
-    if not scan_triton.supports(u):      # float64: the kernel computes in float32
+    if not scan_triton.supports(u):      # float64 (the kernel computes in float32), or huge
         return scan_torch(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return scan_triton.scan_triton(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                    out=_output_like(u, "triton"))
