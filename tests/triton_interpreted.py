@@ -84,9 +84,23 @@ def test_training_and_float64_take_the_torch_backend(interpreted):
 
 
 def test_auto_checks_the_kernel_once_and_falls_back_with_a_warning(interpreted, monkeypatch):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Recorder(TorchDispatchMode):      # what a FLOP counter's mode would see
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func)
+            return func(*args, **(kwargs or {}))
+
     cpu = torch.device("cpu")
     monkeypatch.setattr(interpreted, "_checked", {})
-    assert interpreted.works_on(cpu)            # the interpreter's kernel agrees with torch
+    with Recorder() as seen:
+        assert interpreted.works_on(cpu)        # the interpreter's kernel agrees with torch
+        torch.ones(2).add_(1)                   # (the mode records this thread's ops)
+    assert seen.ops == [torch.ops.aten.ones.default, torch.ops.aten.add_.Tensor], seen.ops[:5]
     monkeypatch.setattr(interpreted, "_checked", {})
 
     def broken(*args, **kwargs):
