@@ -27,6 +27,7 @@ disagrees there, ``auto`` warns once and uses ``torch`` for the rest of the proc
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from typing import Optional
@@ -210,13 +211,15 @@ def scan_triton(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     block_l = min(block_l, triton.next_power_of_2(max(length, 1)))
     block_d = min(block_d, triton.next_power_of_2(dim))
     grid = (batch, math.ceil(dim / block_d))
-    _scan_kernel[grid](
-        u, delta, A, bg, cg, D if D is not None else dummy, zt,
-        delta_bias if delta_bias is not None else dummy, y,
-        *u.stride(), *delta.stride(), *A.stride(), *bg.stride(), *cg.stride(),
-        *zt.stride(), *y.stride(),
-        dim, length, per_group,
-        N=n, N_PAD=triton.next_power_of_2(n), BLOCK_D=block_d, BLOCK_L=block_l,
-        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
-        SOFTPLUS=bool(delta_softplus), num_warps=num_warps)
+    # launch on the tensors' GPU, not on the thread's current one (cuda:1 models, the check's thread)
+    with torch.cuda.device(u.device) if u.is_cuda else contextlib.nullcontext():
+        _scan_kernel[grid](
+            u, delta, A, bg, cg, D if D is not None else dummy, zt,
+            delta_bias if delta_bias is not None else dummy, y,
+            *u.stride(), *delta.stride(), *A.stride(), *bg.stride(), *cg.stride(),
+            *zt.stride(), *y.stride(),
+            dim, length, per_group,
+            N=n, N_PAD=triton.next_power_of_2(n), BLOCK_D=block_d, BLOCK_L=block_l,
+            HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None,
+            SOFTPLUS=bool(delta_softplus), num_warps=num_warps)
     return y
