@@ -80,7 +80,7 @@ def test_time_major_inference_matches_float64_sequential(d_state, dim, groups, l
 def test_the_kernels_exp_and_softplus_hold_at_extreme_steps(d_state):
     """The kernels' own float32 exp and softplus over the whole range a trained model can reach:
     raw Δ from -120 to 120 (softplus below its underflow, through its threshold 20, far above)
-    and decays exp(Δ·A) down to e^-3000 (the time-major kernel clamps them at e^-87)."""
+    and decays exp(Δ·A) down to e^-3000 (the float32 kernels' own exp clamps them at e^-87)."""
     length, dim = 257, 48
     raw = torch.linspace(-120, 120, length).repeat(1, dim, 1)
     raw = raw[..., torch.randperm(length, generator=torch.Generator().manual_seed(0))]
