@@ -37,7 +37,7 @@ def rel_err(y, ref):
 @pytest.fixture(params=["chunked", "stepwise"])
 def inference_path(request, monkeypatch):
     """Run the ``torch`` backend's inference through its chunked scan or its step-by-step one
-    (which it picks by itself for large d_state > 1 states on CPU); yields the path's name and
+    (which it picks by itself for large d_state > 1 states on CPU); returns the path's name and
     the list of step-by-step calls."""
     calls = []
     stepwise = ss_module._scan_stepwise
