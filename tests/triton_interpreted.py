@@ -110,3 +110,11 @@ def test_auto_checks_the_kernel_once_and_falls_back_with_a_warning(interpreted, 
                                             r"failed\); the 'auto' scan backend uses 'torch'"):
         assert not interpreted.works_on(cpu)
     assert not interpreted.works_on(cpu)        # decided once: no second warning, same answer
+
+
+def test_without_d_bias_softplus_or_gate(interpreted):
+    inputs = make_inputs(2, 8, 16, 13, groups=2)
+    inputs.update(D=None, delta_bias=None, delta_softplus=False)
+    inputs["delta"] = inputs["delta"].abs()          # raw steps, no softplus: keep them >= 0
+    y = interpreted.scan_triton(**inputs, block_d=4, block_l=8)
+    assert rel_err(y, scan_reference(**float64(inputs))) < 1e-5
