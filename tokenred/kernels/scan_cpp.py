@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .fused import inference_kernel_allowed, needs_grad
-from .selective_scan import _softplus
+from .selective_scan import _softplus, is_time_major
 
 _SOURCE = os.path.join(os.path.dirname(__file__), "scan_cpu.cpp")
 _lock = threading.Lock()
@@ -131,8 +131,6 @@ class _CoreScan(torch.autograd.Function):
 def time_major_inference(u: Tensor, delta: Tensor, B: Tensor, C: Tensor) -> bool:
     """Whether the time-major kernel serves this call: no gradient is needed and u, Δ come as
     time-major views (it then returns y in the same layout)."""
-    from .selective_scan import is_time_major
-
     return not needs_grad(u, delta, B, C) and is_time_major(u) and is_time_major(delta)
 
 

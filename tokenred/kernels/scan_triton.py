@@ -115,6 +115,8 @@ def supports(u: Tensor) -> bool:
 
 
 if triton is not None:
+    _LOG2_E = tl.constexpr(1.4426950408889634)   # exp(x) = exp2(x log2 e), as the torch backend
+
     @triton.jit
     def _linear_recurrence(a1, b1, a2, b2):
         return a1 * a2, a2 * b1 + b2
@@ -157,7 +159,7 @@ if triton is not None:
             c_row = c_ptr + batch * s_cb + group[:, None] * s_cg + t[None, :] * s_cl
             for n in range(N):
                 a = tl.load(a_ptr + d * s_ad + n * s_an, mask=d_ok, other=0.0).to(tl.float32)
-                decay = tl.exp2(dt * (a * 1.4426950408889634)[:, None])
+                decay = tl.exp2(dt * (a * _LOG2_E)[:, None])
                 drive = du * tl.load(b_row + n * s_bn, mask=ok, other=0.0).to(tl.float32)
                 # past the end: decay 1, drive 0, so the tile's last column is the last state
                 decay = tl.where(ok, decay, 1.0)
