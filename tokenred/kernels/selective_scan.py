@@ -43,6 +43,7 @@ kernel (``scan_torch_autograd``); ``reference`` is differentiated by autograd th
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Optional
 
 import torch
@@ -82,6 +83,7 @@ def get_default_backend() -> str:
     return _default_backend
 
 
+@functools.lru_cache(maxsize=None)   # asked on every CUDA scan call; a failed import is ~50 us
 def mamba_ssm_available() -> bool:
     try:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn  # noqa: F401
