@@ -65,8 +65,14 @@ def main() -> int:
     parser.add_argument("--skip-reference-above", type=float, default=2e8,
                         help="skip the sequential loop where B·KD·N·L exceeds this (it would take "
                              "minutes); the torch backend is still timed")
+    parser.add_argument("--only", metavar="TEXT",
+                        help="run only the shapes whose label contains TEXT (e.g. Vim)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
+    shapes = [s for s in SHAPES if args.only is None or args.only in s[0]]
+    if not shapes:
+        parser.error(f"--only {args.only!r} matches no shape; the shapes are: "
+                     + "; ".join(s[0] for s in SHAPES))
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -82,7 +88,7 @@ def main() -> int:
           f"{args.rounds} interleaved rounds")
     rows = []
     with torch.inference_mode():
-        for label, dim, n, length in SHAPES:
+        for label, dim, n, length in shapes:
             # VMamba: B/C per scan direction (4 groups); Vim: one group
             x = make_inputs(args.batch_size, dim, n, length, device, 1 if "Vim" in label else 4)
             run = [b for b in backends
@@ -103,6 +109,10 @@ def main() -> int:
             row = {"shape": label, "KD": dim, "N": n, "L": length, "median_ms": med, "rel_err": err}
             if "reference" in med:
                 row["speedup_torch_vs_reference"] = med["reference"] / med["torch"]
+                # per round, reference and torch ran back to back: the median of those ratios
+                # is less sensitive than the ratio of medians to the machine's load drifting
+                row["paired_speedup_torch_vs_reference"] = statistics.median(
+                    r / t for r, t in zip(times["reference"], times["torch"]))
             if "mamba_ssm" in med:
                 row["torch_vs_mamba_ssm"] = med["torch"] / med["mamba_ssm"]
             if "cpp" in med and "reference" in med:
@@ -114,6 +124,7 @@ def main() -> int:
             rows.append(row)
             cells = "  ".join(f"{b} {m:8.2f} ms" for b, m in med.items())
             ratio = (f"  reference/torch {row['speedup_torch_vs_reference']:6.1f}x"
+                     f" (paired {row['paired_speedup_torch_vs_reference']:.1f}x)"
                      if "speedup_torch_vs_reference" in row else "")
             ratio += (f"  reference/cpp {row['speedup_cpp_vs_reference']:6.1f}x"
                       if "speedup_cpp_vs_reference" in row else "")
