@@ -11,7 +11,7 @@ import torch
 
 from tokenred.kernels import scan_reference, scan_torch
 from tokenred.kernels import selective_scan as public_scan
-from test_selective_scan import float64, inputs_with_bc_form, make_inputs, rel_err
+from test_selective_scan import float64, inputs_with_bc_form, make_inputs, rel_err, with_small_steps
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="needs TRITON_INTERPRET=1 before triton is imported")
@@ -48,6 +48,14 @@ def test_b_and_c_in_different_group_counts(interpreted):
     inputs["C"] = inputs["C"][:, :2]            # B: 4 groups of 2 channels, C: 2 groups of 4
     y = interpreted.scan_triton(**inputs, block_d=8, block_l=4)
     assert rel_err(y, scan_reference(**float64(inputs))) < 1e-5
+
+
+@pytest.mark.parametrize("d_state", [1, 16])
+def test_mamba_small_steps_stay_at_float32_precision(interpreted, d_state):
+    """The kernel's softplus keeps the rounding of 1 + e^x (log(1 + e^x) gave 7e-7 here)."""
+    inputs = with_small_steps(make_inputs(1, 16, d_state, 40, groups=1))
+    y = interpreted.scan_triton(**inputs, block_d=8, block_l=16)
+    assert rel_err(y, scan_reference(**float64(inputs))) < 3e-7
 
 
 def test_no_overflow_at_extreme_decay(interpreted):

@@ -464,11 +464,19 @@ def _log2_scaled(a: Tensor) -> Tensor:
 
 
 def _softplus(x: Tensor) -> Tensor:
-    """softplus with torch's threshold (x > 20 -> x) as log(1 + exp(x)): within 3e-7 of
-    F.softplus in absolute terms, and several times faster in float32 on CPU, where torch's
-    log1p is not vectorised."""
-    # log(1 + e^x) >= x, with equality (in float) once x > 20: the maximum applies the threshold
-    return torch.maximum(x.clamp(max=20).exp_().add_(1).log_(), x)
+    """softplus(x) = max(x, 0) + log1p(e^-|x|), to about one rounding of F.softplus (relative
+    error <= 2e-7 in float32 from -87 to 100, where F.softplus's is 1.2e-7, below -87 the result
+    is denormal; above 20 it rounds to x, torch's threshold) and 2.4x faster than it on CPU, where torch's log1p is not
+    vectorised. log1p(z) is log(u) + (z - (u - 1)) / u with u = 1 + z rounded: z - (u - 1) is
+    exactly the rounding error of 1 + z. The plain log(1 + e^x) loses that error: Mamba's small
+    steps (softplus 1e-3, x near -7) then carry a relative error of 1e-4, and the scan's output
+    ten times float32's (measured)."""
+    z = torch.abs(x).neg_().exp_()                    # e^-|x|, in [0, 1]
+    u = z + 1
+    out = torch.log(u)
+    z.sub_(u - 1)                                     # the rounding error of 1 + z
+    out.addcdiv_(z, u)
+    return out.add_(torch.clamp(x, min=0, out=u))
 
 
 def _time_major(t: Tensor, dtype: torch.dtype) -> Tensor:
