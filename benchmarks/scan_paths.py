@@ -28,7 +28,7 @@ import torch
 
 import tokenred
 from tokenred.report import write_json
-from tokenred.timing import environment
+from tokenred.timing import environment, keep_freed_memory
 
 from selective_scan import make_inputs
 
@@ -63,11 +63,12 @@ def main() -> int:
     parser.add_argument("--no-models", action="store_true", help="the scans alone only")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
+    keep_freed_memory()   # as tokenred's timing does (tokenred/timing.py)
     if args.threads:
         torch.set_num_threads(args.threads)
     env = environment(torch.device("cpu"), torch.float32, False)
     print(f"torch scan inference paths, fp32, {env['device_name']}, {torch.get_num_threads()} "
-          f"threads, torch {torch.__version__}; medians of interleaved rounds")
+          f"threads, torch {torch.__version__}, {env['allocator']}; medians of interleaved rounds")
     cases = []
     for label, batch, dim, n, length, groups in SCANS:
         x = make_inputs(batch, dim, n, length, torch.device("cpu"), groups)

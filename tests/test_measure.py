@@ -65,7 +65,10 @@ def test_an_old_run_directory_reports_as_it_did(legacy_run):
     assert now.attrs["skipped"][0]["method"] == "quartermap"
 
 
-def test_an_old_run_directory_resumes_without_measuring(legacy_run, counted):
+def test_an_old_run_directory_resumes_without_measuring(legacy_run, counted, monkeypatch):
+    """In a process that leaves the C library's allocator as it is (as every timing stored
+    before tokenred kept freed memory), nothing is measured again."""
+    monkeypatch.setattr(measure_module, "freed_memory_kept", lambda: False)
     run, images = str(legacy_run / "run"), str(legacy_run / "images")
     methods = ["none", "tome:r=2", "quartermap", "random_drop"]
     df = tokenred.compare([VIT], methods, data=images, store=run, **legacy_make.SETTINGS)
@@ -102,6 +105,27 @@ def test_an_old_run_directory_resumes_without_measuring(legacy_run, counted):
         if key.kind == "flops":
             assert "protocol" not in doc
         assert not is_search_key(key)
+
+
+def test_an_old_run_directory_retimes_under_kept_freed_memory(legacy_run, counted, monkeypatch):
+    """Where timing keeps freed memory (the default), the old run's timings were taken under
+    other allocator settings: only they are measured again (FLOPs and accuracy are reused), under
+    a key that says so; the old ones stay in the store."""
+    monkeypatch.setattr(measure_module, "freed_memory_kept", lambda: True)
+    run, images = str(legacy_run / "run"), str(legacy_run / "images")
+    before = {k for k, _ in ResultsStore.in_run_dir(run).items()}
+    df = tokenred.compare([VIT], ["none", "tome:r=2", "random_drop"], data=images, store=run,
+                          **legacy_make.SETTINGS)
+    assert counted == ["benchmark_interleaved"]
+    stored = _measured_columns(table_from_store(ResultsStore.in_run_dir(run)).iloc[:3])
+    pd.testing.assert_frame_equal(_measured_columns(df).drop(columns=["images_per_s", "speedup"]),
+                                  stored.drop(columns=["images_per_s", "speedup"]),
+                                  check_dtype=False)
+    added = [k for k, _ in ResultsStore.in_run_dir(run).items() if k not in before]
+    assert {(k.method, k.kind) for k in added} == {("none", "timing"), ("tome:r=2", "timing"),
+                                                   ("random_drop", "timing")}
+    assert all(json.loads(k.variant)["protocol"]["freed_memory_kept"] is True for k in added)
+    assert before <= {k for k, _ in ResultsStore.in_run_dir(run).items()}
 
 
 def test_plan_steps_equal_progress_messages(legacy_run):

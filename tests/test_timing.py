@@ -1,3 +1,7 @@
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from torch import nn
@@ -96,3 +100,47 @@ def test_compiled_timing_and_its_errors(monkeypatch):
     monkeypatch.undo()
     result = benchmark(model, 8, warmup=1, iters=3, compile=True)
     assert result.env["compiled"] is True and result.median_ms > 0
+
+
+_FAULTS_AFTER_REALLOCATING = """
+import resource, sys, torch
+from tokenred.timing import environment, keep_freed_memory
+described = keep_freed_memory()
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+counts = []
+for _ in range(5):             # 64 MiB, touched, freed: fresh pages each time unless kept
+    before = faults()
+    torch.ones(16 << 20)
+    counts.append(faults() - before)
+print(min(counts[1:]), "|", described, "|",
+      environment(torch.device("cpu"), torch.float32, False)["allocator"])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt: Linux only")
+@pytest.mark.parametrize("setting", ["kept", "default"])
+def test_timing_keeps_freed_memory_and_records_it(setting):
+    """With the setting, a 64 MiB block allocated again after its free reuses freed pages (no
+    fault per 4 KiB page, at least once the heap has a hole that size); TOKENRED_MALLOC=default
+    leaves glibc's own behaviour (the block is mmapped and unmapped, its 16384 pages faulted
+    every time). Run in a fresh interpreter: the setting is process-wide and lasting."""
+    env = {k: v for k, v in os.environ.items() if k != "TOKENRED_MALLOC"}
+    if setting == "default":
+        env["TOKENRED_MALLOC"] = "default"
+    out = subprocess.run([sys.executable, "-c", _FAULTS_AFTER_REALLOCATING], env=env,
+                         capture_output=True, text=True, check=True).stdout
+    faults, described, recorded = (part.strip() for part in out.strip().split("|"))
+    assert described == recorded
+    if setting == "kept":
+        assert "freed memory kept" in described and int(faults) < 1000
+    else:
+        assert described.endswith("(TOKENRED_MALLOC=default)") and int(faults) >= 16000
+
+
+def test_stored_timings_are_keyed_by_the_allocator_setting():
+    from tokenred.measure import Protocol
+    from tokenred.timing import freed_memory_kept
+
+    protocol = Protocol(torch.device("cpu"), torch.float32, False, 1, 1, 0, 1, 1)
+    assert protocol.timing()["freed_memory_kept"] is freed_memory_kept()

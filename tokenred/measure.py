@@ -29,7 +29,7 @@ from .params import ParameterError
 from .registry import get_backbone
 from .sites import SiteQuantityError
 from .store import Key, ResultsStore
-from .timing import benchmark_interleaved, environment, timing_flags
+from .timing import benchmark_interleaved, environment, freed_memory_kept, timing_flags
 
 Report = Callable[[str], None]
 #: what a method cannot do on a backbone (a gap in the table, not a failed run)
@@ -60,8 +60,14 @@ class Protocol:
         return str(self.dtype).replace("torch.", "") + ("+amp" if self.amp else "")
 
     def timing(self) -> dict:
-        return {"warmup": self.warmup, "iters": self.iters, "rounds": self.rounds,
-                "threads": self.threads, "scan_backend": self.scan, "compile": self.compile}
+        doc = {"warmup": self.warmup, "iters": self.iters, "rounds": self.rounds,
+               "threads": self.threads, "scan_backend": self.scan, "compile": self.compile}
+        # the allocator decides timings too (timing.keep_freed_memory): with freed memory kept,
+        # timings stored before that setting existed (the C library's defaults) are measured
+        # again, not mixed with new ones; without it, they are found as before
+        if freed_memory_kept():
+            doc["freed_memory_kept"] = True
+        return doc
 
     def env(self) -> dict:
         return environment(self.device, self.dtype, self.amp)
@@ -120,10 +126,13 @@ class Keys:
         return Key(self.backbone, method, self.input_size, self.protocol.batch_size,
                    self.protocol.dtype_text, str(self.protocol.device), kind, _dumps(doc))
 
-    def legacy(self, method: str, kind: str) -> Key:
-        """The key the same measurement had before variants were one JSON object."""
+    def legacy(self, method: str, kind: str) -> Optional[Key]:
+        """The key the same measurement had before variants were one JSON object; ``None`` for
+        a timing (or a speed match) where timing keeps freed memory, which none of those had."""
         weights = _dumps(self.weights)
         p = self.protocol
+        if kind in ("timing", "match") and "freed_memory_kept" in p.timing():
+            return None
         if self.search:   # a search's own: batch 1, the split inside the variant
             variant = _dumps({"search": {"weights": weights, "calibration": self.images.digest,
                                          "subset": self.images.subset}})
@@ -151,7 +160,7 @@ class Keys:
         if store.get(new) is not None:
             return new
         old = self.legacy(method, kind)
-        return old if store.get(old) is not None else new
+        return old if old is not None and store.get(old) is not None else new
 
     def get(self, store: ResultsStore, method: str, kind: str) -> Optional[dict]:
         return store.get(self.find(store, method, kind))

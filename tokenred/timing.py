@@ -8,10 +8,19 @@ images/s from the median, and the environment it was measured in.
 ``benchmark_interleaved`` times several models round-robin (A B C A B C ...) so that slow drift of
 a noisy machine hits every model alike; ``compare`` uses it, and ratios between its results are
 what tables report.
+
+Timing first makes glibc's malloc keep freed memory (``keep_freed_memory``): by default it hands
+blocks of a few MiB and up back to the OS on free, and the next forward touches fresh pages, one
+page fault per 4 KiB. What that costs is the machine's, not the model's, and it is not the same
+for every model: it grows with activation size, so SSMs at batch 8 paid far more than DeiT-S (on
+a 2-vCPU VM, MedMamba-T at batch 8: about 290000 faults per forward and 1.6-2x its time without
+them; DeiT-S: none). The setting is recorded in every result's environment.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import os
 import platform
 import statistics
 import time
@@ -88,6 +97,47 @@ def device_name(device: torch.device) -> str:
     return name or platform.processor() or platform.machine()
 
 
+#: glibc mallopt parameters
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+#: the heap top glibc may keep unreturned once ``keep_freed_memory`` ran
+_KEPT_TOP_BYTES = 1 << 30
+_allocator: Optional[tuple[bool, str]] = None   # (kept?, description), once asked
+
+
+def keep_freed_memory() -> str:
+    """Makes glibc's malloc keep freed memory for reuse by this process (no separate mmap per
+    large block, no trimming of the heap top below 1 GiB) and returns what the allocator does
+    now. Process-wide and lasting, like ``torch.set_num_threads``; the process's footprint stays
+    at its peak. Nothing changes where the C library is not glibc, or where the environment has
+    ``TOKENRED_MALLOC=default``."""
+    global _allocator
+    if _allocator is None:
+        _allocator = _set_allocator()
+    return _allocator[1]
+
+
+def freed_memory_kept() -> bool:
+    """Whether ``keep_freed_memory`` is in effect (it runs here if it has not yet)."""
+    keep_freed_memory()
+    return _allocator[0]
+
+
+def _set_allocator() -> tuple[bool, str]:
+    if os.environ.get("TOKENRED_MALLOC", "") == "default":
+        return False, "C library defaults (TOKENRED_MALLOC=default)"
+    try:
+        libc = ctypes.CDLL(None)
+        version = libc.gnu_get_libc_version
+        version.restype = ctypes.c_char_p
+        glibc = "glibc " + version().decode()
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False, "C library defaults (not glibc)"
+    if mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, _KEPT_TOP_BYTES) == 1:
+        return True, f"{glibc}, freed memory kept (no mmap per block, trim above 1 GiB)"
+    return False, f"{glibc} defaults (mallopt refused)"
+
+
 def environment(device: torch.device, dtype: torch.dtype, amp: bool) -> dict[str, Any]:
     import timm
 
@@ -107,6 +157,7 @@ def environment(device: torch.device, dtype: torch.dtype, amp: bool) -> dict[str
         "tf32_cudnn": torch.backends.cudnn.allow_tf32,
         "cudnn_benchmark": torch.backends.cudnn.benchmark,
         "cudnn_deterministic": torch.backends.cudnn.deterministic,
+        "allocator": _allocator[1] if _allocator else "C library defaults",
     }
     from .kernels import resolve_backend
 
@@ -161,10 +212,12 @@ def benchmark_interleaved(models: Mapping[str, nn.Module], input_size: Union[int
     """Time each model on the same input, ``iters`` timed forwards in total spread over
     ``rounds`` round-robin passes, after ``warmup`` untimed forwards each. ``compile``: time
     ``torch.compile(model)`` instead (compiled during the warm-up, which then needs >= 1
-    forward); a model it cannot compile raises ``CompileError`` naming it."""
+    forward); a model it cannot compile raises ``CompileError`` naming it. Runs
+    ``keep_freed_memory`` first (see the module docstring)."""
     if batch_size < 1 or iters < 1 or warmup < 0 or rounds < 1:
         raise ValueError(f"batch_size={batch_size}, iters={iters}, warmup={warmup}, rounds={rounds}: "
                          f"need batch_size >= 1, iters >= 1, warmup >= 0, rounds >= 1")
+    keep_freed_memory()
     dev = resolve_device(device)
     dt = resolve_dtype(dtype)
     if threads is not None:
