@@ -42,3 +42,11 @@ run vmamba_vs_deit_stepwise_b1 900 $PY benchmarks/vmamba_vs_deit.py --threads 2 
 # the cpp channel-major forward's inline decays at d_state 16 and its vectorised softplus
 run scan_cpp_inline_exp_b1 900 $PY benchmarks/selective_scan.py --threads 2 --json $R/scan_cpp_inline_exp_b1.json
 run vim_vs_deit_cpp_inline_exp_b1 900 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --reference no --json $R/vim_vs_deit_cpp_inline_exp_b1.json
+# seventh session: timing keeps glibc's freed memory (tokenred.timing.keep_freed_memory); each
+# case also with TOKENRED_MALLOC=default (glibc's own behaviour), to show what the setting changes
+run scan_kept_b1 900 $PY benchmarks/selective_scan.py --threads 2 --json $R/scan_kept_b1.json
+run scan_defaults_b1 900 env TOKENRED_MALLOC=default $PY benchmarks/selective_scan.py --threads 2 --json $R/scan_defaults_b1.json
+run medmamba_vs_deit_kept_b8 1800 $PY benchmarks/vmamba_vs_deit.py --ssm medmamba_tiny --threads 2 --batch-size 8 --reference no --json $R/medmamba_vs_deit_kept_b8.json
+run medmamba_vs_deit_defaults_b8 1800 env TOKENRED_MALLOC=default $PY benchmarks/vmamba_vs_deit.py --ssm medmamba_tiny --threads 2 --batch-size 8 --reference no --json $R/medmamba_vs_deit_defaults_b8.json
+run vmamba_vs_deit_kept_b1 900 $PY benchmarks/vmamba_vs_deit.py --threads 2 --json $R/vmamba_vs_deit_kept_b1.json
+run vim_vs_deit_kept_b1 900 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --reference no --json $R/vim_vs_deit_kept_b1.json
