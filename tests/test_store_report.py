@@ -123,6 +123,9 @@ def test_report_from_the_store_alone(tmp_path, capsys):
     assert r"\textbf{" in tex and r"\%" in tex
     md = (run / "results.md").read_text()
     assert "**" in md and "top-1 %" in md
+    from tokenred.timing import keep_freed_memory
+    assert f"allocator: {keep_freed_memory()}." in md          # how the timings were taken
+    assert list(regenerated["allocator"].unique()) == [keep_freed_memory()]
     assert "<table>" in (run / "results.html").read_text()
     assert main(["report", str(run), "--format", "md,pdf"]) == 2
     assert "unknown report format" in capsys.readouterr().err

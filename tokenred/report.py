@@ -159,9 +159,11 @@ def _notes(df: pd.DataFrame) -> list[str]:
     timed = df[df["device_name"].notna()] if "device_name" in df else df.iloc[0:0]
     if len(timed):
         env = timed.iloc[0]
+        allocator = env.get("allocator")     # (absent or NaN in rows timed before it was kept)
         notes.append(f"Environment: {env['device_name']} ({env['device']}), {env['threads']} "
                      f"threads, torch {env['torch']}, timm {env['timm']}, tokenred "
-                     f"{env['tokenred']}, scan backend {env.get('scan_backend', '–')}. "
+                     f"{env['tokenred']}, scan backend {env.get('scan_backend', '–')}, "
+                     f"allocator: {allocator if isinstance(allocator, str) else 'not recorded'}. "
                      "GFLOPs are multiply-adds per image (fvcore/paper convention); speedup is "
                      "images/s over `none` on the same backbone, timed interleaved in one run; "
                      "latency is the median per batch with its interquartile range; best value "

@@ -15,7 +15,7 @@ COLUMNS = ["backbone", "method", "params", "match", "n_params", "gflops", "flop_
            "top1", "top5", "delta_top1", "delta_top1_ci_low", "delta_top1_ci_high", "mcnemar_p",
            "agreement", "kl", "eval_images", "eval_failed", "eval_subset", "timing_flags",
            "backbone_args", "batch_size", "input_size", "dtype", "device", "device_name",
-           "threads", "torch", "timm", "tokenred", "scan_backend"]
+           "threads", "torch", "timm", "tokenred", "scan_backend", "allocator"]
 
 
 def make_row(backbone: str, method_text: str, batch_size: int, input_size: int,
@@ -39,7 +39,8 @@ def make_row(backbone: str, method_text: str, batch_size: int, input_size: int,
            "tokens_out": flops.get("tokens_out")}
     for k in ("images_per_s", "speedup", "latency_median_ms", "latency_iqr_ms"):
         row[k] = timing.get(k)
-    for k in ("device", "device_name", "threads", "torch", "timm", "tokenred", "scan_backend"):
+    for k in ("device", "device_name", "threads", "torch", "timm", "tokenred", "scan_backend",
+              "allocator"):
         row[k] = env.get(k)
     for k in ("top1", "top5", "delta_top1", "delta_top1_ci_low", "delta_top1_ci_high",
               "mcnemar_p", "agreement", "kl", "eval_images", "eval_failed"):
