@@ -13,8 +13,8 @@ Timing first makes glibc's malloc keep freed memory (``keep_freed_memory``): by 
 blocks of a few MiB and up back to the OS on free, and the next forward touches fresh pages, one
 page fault per 4 KiB. What that costs is the machine's, not the model's, and it is not the same
 for every model: it grows with activation size, so SSMs at batch 8 paid far more than DeiT-S (on
-a 2-vCPU VM, MedMamba-T at batch 8: about 290000 faults per forward and 1.6-2x its time without
-them; DeiT-S: none). The setting is recorded in every result's environment.
+a 2-vCPU VM, MedMamba-T at batch 8: about 290000 faults per forward, and 1.3-2x its time without
+them in the runs measured; DeiT-S: none). The setting is recorded in every result's environment.
 """
 from __future__ import annotations
 
@@ -131,11 +131,15 @@ def _set_allocator() -> tuple[bool, str]:
         version.restype = ctypes.c_char_p
         glibc = "glibc " + version().decode()
         mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):    # (TypeError: no CDLL(None) on Windows)
         return False, "C library defaults (not glibc)"
-    if mallopt(_M_MMAP_MAX, 0) == 1 and mallopt(_M_TRIM_THRESHOLD, _KEPT_TOP_BYTES) == 1:
+    no_mmap = mallopt(_M_MMAP_MAX, 0) == 1
+    no_trim = mallopt(_M_TRIM_THRESHOLD, _KEPT_TOP_BYTES) == 1
+    if no_mmap and no_trim:
         return True, f"{glibc}, freed memory kept (no mmap per block, trim above 1 GiB)"
-    return False, f"{glibc} defaults (mallopt refused)"
+    return False, (f"{glibc}, mallopt refused the "
+                   + " and the ".join(name for name, ok in (("mmap limit", no_mmap),
+                                                            ("trim threshold", no_trim)) if not ok))
 
 
 def environment(device: torch.device, dtype: torch.dtype, amp: bool) -> dict[str, Any]:

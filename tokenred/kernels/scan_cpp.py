@@ -218,8 +218,8 @@ def scan_cpp(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
         dt = dt + delta_bias.to(ct)[:, None]
     if delta_softplus:
         # torch's own softplus is not vectorised on CPU (14% of a Vim-S forward with this
-        # backend); the torch backend's form (vectorised exp and log, as precise) works in
-        # place on its temporaries, so only where no gradient flows through it
+        # backend); the torch backend's form (vectorised exp and log, as precise as it) works
+        # in place on its temporaries, so only where no gradient flows through it
         dt = F.softplus(dt) if needs_grad(dt) else _softplus(dt)
     uu = u.to(ct)
     y = _CoreScan.apply(uu, dt, A, B, C)

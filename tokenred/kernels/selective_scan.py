@@ -465,12 +465,12 @@ def _log2_scaled(a: Tensor) -> Tensor:
 
 def _softplus(x: Tensor) -> Tensor:
     """softplus(x) = max(x, 0) + log1p(e^-|x|), to about one rounding of F.softplus (relative
-    error <= 2e-7 in float32 from -87 to 100, where F.softplus's is 1.2e-7, below -87 the result
-    is denormal; above 20 it rounds to x, torch's threshold) and 2.4x faster than it on CPU, where torch's log1p is not
-    vectorised. log1p(z) is log(u) + (z - (u - 1)) / u with u = 1 + z rounded: z - (u - 1) is
-    exactly the rounding error of 1 + z. The plain log(1 + e^x) loses that error: Mamba's small
-    steps (softplus 1e-3, x near -7) then carry a relative error of 1e-4, and the scan's output
-    ten times float32's (measured)."""
+    error <= 2e-7 in float32 from -87 to 100, F.softplus's 1.2e-7; below -87 the result is
+    denormal, above 20 it rounds to x, torch's threshold), and 2.4x faster than F.softplus on
+    CPU, where torch's log1p is not vectorised. log1p(z) is log(u) + (z - (u - 1)) / u with
+    u = 1 + z rounded: z - (u - 1) is exactly the rounding error of 1 + z. The plain
+    log(1 + e^x) loses that error: Mamba's small steps (softplus 1e-3, x near -7) then carry a
+    relative error of 1e-4, and the scan's output ten times float32's (measured)."""
     z = torch.abs(x).neg_().exp_()                    # e^-|x|, in [0, 1]
     u = z + 1
     out = torch.log(u)
