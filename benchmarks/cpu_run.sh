@@ -50,3 +50,4 @@ run medmamba_vs_deit_kept_b8 1800 $PY benchmarks/vmamba_vs_deit.py --ssm medmamb
 run medmamba_vs_deit_defaults_b8 1800 env TOKENRED_MALLOC=default $PY benchmarks/vmamba_vs_deit.py --ssm medmamba_tiny --threads 2 --batch-size 8 --reference no --json $R/medmamba_vs_deit_defaults_b8.json
 run vmamba_vs_deit_kept_b1 900 $PY benchmarks/vmamba_vs_deit.py --threads 2 --json $R/vmamba_vs_deit_kept_b1.json
 run vim_vs_deit_kept_b1 900 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --reference no --json $R/vim_vs_deit_kept_b1.json
+run scan_paths_kept_b1_b8 1800 $PY benchmarks/scan_paths.py --threads 2 --json $R/scan_paths_kept_b1_b8.json
