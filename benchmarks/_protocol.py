@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from typing import Optional
+
+import torch
 
 import tokenred
+from tokenred.timing import environment, keep_freed_memory
 
 
 @dataclass(frozen=True)
@@ -53,3 +57,12 @@ def gflops_or_nan(model, input_size: int = 224) -> float:
         return tokenred.count_flops(model, input_size).gflops
     except ImportError:
         return float("nan")
+
+
+def timing_environment(device: torch.device, threads: Optional[int]) -> dict:
+    """For the scripts that time with their own loop instead of tokenred's timing: the same
+    allocator setting (``keep_freed_memory``) and ``--threads``, then the fp32 environment."""
+    keep_freed_memory()
+    if threads:
+        torch.set_num_threads(threads)
+    return environment(device, torch.float32, False)

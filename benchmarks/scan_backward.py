@@ -19,7 +19,8 @@ import torch
 
 from tokenred.kernels import scan_cpp, scan_reference, scan_torch_autograd
 from tokenred.report import write_json
-from tokenred.timing import environment, keep_freed_memory
+
+from _protocol import timing_environment
 
 SHAPES = [("L4096 KD192 N1", 192, 1, 4096), ("L4096 KD192 N16", 192, 16, 4096),
           ("L1024 KD384 N1", 384, 1, 1024), ("L1024 KD384 N16", 384, 16, 1024)]
@@ -50,10 +51,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--json")
     args = p.parse_args()
-    keep_freed_memory()   # as tokenred's timing does (tokenred/timing.py)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    env = environment(torch.device("cpu"), torch.float32, False)
+    env = timing_environment(torch.device("cpu"), args.threads)
     print(f"{env['device_name']}, {torch.get_num_threads()} threads, torch {env['torch']}, "
           f"batch {args.batch_size}")
     rows = []

@@ -28,8 +28,8 @@ import torch
 
 import tokenred
 from tokenred.report import write_json
-from tokenred.timing import environment, keep_freed_memory
 
+from _protocol import timing_environment
 from selective_scan import make_inputs
 
 scan_module = importlib.import_module("tokenred.kernels.selective_scan")
@@ -63,10 +63,7 @@ def main() -> int:
     parser.add_argument("--no-models", action="store_true", help="the scans alone only")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    keep_freed_memory()   # as tokenred's timing does (tokenred/timing.py)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    env = environment(torch.device("cpu"), torch.float32, False)
+    env = timing_environment(torch.device("cpu"), args.threads)
     print(f"torch scan inference paths, fp32, {env['device_name']}, {torch.get_num_threads()} "
           f"threads, torch {torch.__version__}, {env['allocator']}; medians of interleaved rounds")
     cases = []

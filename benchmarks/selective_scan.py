@@ -21,7 +21,8 @@ import torch
 
 from tokenred.kernels import mamba_ssm_available, scan_cpp, scan_reference, scan_triton, selective_scan
 from tokenred.report import write_json
-from tokenred.timing import environment, keep_freed_memory
+
+from _protocol import timing_environment
 
 # (label, K·D, N, L): VMamba-T[s1l8] has d_inner = C (ssm_ratio 1), so K·D = 4·C
 SHAPES = [("L3136 KD384 N1 (stage 1)", 384, 1, 3136),
@@ -69,21 +70,18 @@ def main() -> int:
                         help="run only the shapes whose label contains TEXT (e.g. Vim)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
-    keep_freed_memory()   # as tokenred's timing does (tokenred/timing.py)
     shapes = [s for s in SHAPES if args.only is None or args.only in s[0]]
     if not shapes:
         parser.error(f"--only {args.only!r} matches no shape; the shapes are: "
                      + "; ".join(s[0] for s in SHAPES))
     device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    env = timing_environment(device, args.threads)
     backends = ["torch", "reference"] + (["mamba_ssm"] if device.type == "cuda"
                                          and mamba_ssm_available() else [])
     if device.type == "cuda" and scan_triton.works_on(device):   # the Triton kernel
         backends.insert(1, "triton")
     if device.type == "cpu" and scan_cpp.available():   # the compiled CPU kernel
         backends.insert(1, "cpp")
-    env = environment(device, torch.float32, False)
     print(f"selective scan, batch {args.batch_size}, fp32, {env['device_name']} ({device.type}), "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, {env['allocator']}; "
           f"median of {args.rounds} interleaved rounds")

@@ -131,7 +131,7 @@ class Keys:
         a timing (or a speed match) where timing keeps freed memory, which none of those had."""
         weights = _dumps(self.weights)
         p = self.protocol
-        if kind in ("timing", "match") and "freed_memory_kept" in p.timing():
+        if kind in ("timing", "match") and freed_memory_kept():
             return None
         if self.search:   # a search's own: batch 1, the split inside the variant
             variant = _dumps({"search": {"weights": weights, "calibration": self.images.digest,
