@@ -90,10 +90,14 @@ def test_softplus_is_within_float32_rounding_everywhere():
                    torch.randn(100000, generator=torch.Generator().manual_seed(0)) * 8])
     x = x[x >= -87].float()
     ref = torch.nn.functional.softplus(x.double())
-    assert ((ss_module._softplus(x).double() - ref).abs() / ref).max().item() < 2.5e-7
     special = torch.tensor([float("-inf"), float("inf"), float("nan"), 0.0, 20.0, 20.5, 1e30])
-    assert torch.equal(ss_module._softplus(special).nan_to_num(-1.0),
-                       torch.nn.functional.softplus(special).nan_to_num(-1.0))
+    for inplace in (False, True):
+        given = x.clone()
+        got = ss_module._softplus(given, inplace=inplace)
+        assert (got.data_ptr() == given.data_ptr()) == inplace
+        assert ((got.double() - ref).abs() / ref).max().item() < 2.5e-7
+        assert torch.equal(ss_module._softplus(special.clone(), inplace=inplace).nan_to_num(-1.0),
+                           torch.nn.functional.softplus(special).nan_to_num(-1.0))
 
 
 @pytest.mark.parametrize("d_state", [1, 16])
@@ -200,6 +204,29 @@ def test_b_c_shapes_and_gate(form, inference_path):
     manual = (bare + inputs["D"].double()[:, None] * inputs["u"].double()) \
         * torch.nn.functional.silu(inputs["z"].double())
     torch.testing.assert_close(ref, manual)
+
+
+@pytest.mark.parametrize("time_major", [False, True])
+@pytest.mark.parametrize("with_d, with_bias, with_z", [(True, True, False), (False, True, True),
+                                                       (True, False, True), (False, False, False)])
+def test_optional_terms_and_the_inputs_left_as_they_were(with_d, with_bias, with_z, time_major,
+                                                         inference_path):
+    """D, bias and gate each optional, on [b, d, L] inputs and on views of time-major storage
+    (as VMamba and Vim hand them over); the scan works in place on its own copies only, so the
+    caller's tensors are bit for bit what they were."""
+    inputs = make_inputs(2, 32, 16, 37, groups=2)
+    inputs["z"] = torch.randn(2, 32, 37)
+    if time_major:
+        inputs.update({k: inputs[k].permute(2, 0, 1).contiguous().permute(1, 2, 0)
+                       for k in ("u", "delta", "z")})
+    inputs.update({k: None for k, keep in (("D", with_d), ("delta_bias", with_bias), ("z", with_z))
+                   if not keep})
+    before = {k: v.clone() for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+    ref = scan_reference(**float64(inputs))
+    assert rel_err(scan_torch(**inputs), ref) < 1e-5
+    check_path(inference_path, 16)
+    for k, v in before.items():
+        assert torch.equal(inputs[k], v), k
 
 
 @pytest.mark.parametrize("form", ["grouped", "ungrouped", "constant"])

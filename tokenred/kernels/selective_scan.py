@@ -330,53 +330,64 @@ def scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
 
     ct = _compute_dtype(u)
     with torch.no_grad():
-        # time-major [L, b, d]: each time step is one contiguous slab. Free when the caller hands
-        # over permuted views of time-major tensors (as the VMamba backbones do).
-        dt = delta.permute(2, 0, 1).to(ct).contiguous()
-        if delta_bias is not None:
-            dt = dt + delta_bias.to(ct)
+        # time-major [L, b, d]: each time step is one contiguous slab. Δ is always a fresh copy
+        # (bias added on the way), so softplus can work in place
+        dt = _time_major_copy(delta, ct, delta_bias)
         if delta_softplus:
-            dt = _softplus(dt)
-        u_t = u.permute(2, 0, 1).to(ct).contiguous()
+            _softplus(dt, inplace=True)
         a = A.to(ct)
         Bt, Ct = _time_major(B, ct), _time_major(C, ct)                     # [L|1, b|1, G, 1, N]
-        groups = Bt.shape[2]
-        grouped = (length, batch, groups, dim // groups)
         if stepwise:
+            # few buffers (the scan is memory-bound, and its inputs often arrive cold from
+            # cache): Δ·u overwrites the copy of u once D·u has been taken from it, and the
+            # C contraction accumulates onto D·u
+            du = _time_major_copy(u, ct)
+            y = None if D is None else torch.mul(du, D.to(ct))
+            du.mul_(dt)
             with _one_thread_below_grain(batch * dim * n):
-                y = _scan_stepwise(dt, u_t, a, Bt, Ct)
-        elif n == 1:
-            decay = torch.mul(dt, _log2_scaled(a)[:, 0]).exp2_()            # [L, b, d]
-            drive = torch.mul(dt, u_t)
-            drive.view(grouped).mul_(Bt[..., 0])
-            h = _recurrence_(decay, drive, chunk)
-            h.view(grouped).mul_(Ct[..., 0])
-            y = h
+                y = _scan_stepwise(dt, du, a, Bt, Ct, y)
         else:
-            # states before channels ([L, b, N, d]): every broadcast multiply runs along the
-            # contiguous channels rather than along the N states, which on CPU is several times
-            # faster at N = 16; the C contraction accumulates state by state, no [L, b, N, d]
-            # temporary
-            g5 = (length, batch, n, groups, dim // groups)
-            decay = _states_first(torch.mul, dt.unsqueeze(2), _log2_scaled(a).t().contiguous(),
-                                  (length, batch, n, dim)).exp2_()
-            du = torch.mul(dt, u_t).view(length, batch, 1, groups, dim // groups)
-            drive = _states_first(torch.mul, du, _bc_states_first(Bt), g5)
-            h = _recurrence_(decay, drive.view(length, batch, n, dim), chunk).view(g5)
-            cs = _bc_states_first(Ct)                                       # [L|1, b|1, N, G, 1]
-            if groups == 1 and Ct.shape[0] == length and Ct.shape[1] == batch:
-                # one group, time-varying C: y_t = C_t h_t is one batched [1, N] x [N, d] matmul
-                y = torch.bmm(Ct.reshape(length * batch, 1, n), h.view(length * batch, n, dim))
-            else:
-                y = torch.mul(h[:, :, 0], cs[:, :, 0])
-                for k in range(1, n):
-                    y.addcmul_(h[:, :, k], cs[:, :, k])
-            y = y.view(length, batch, dim)
-        if D is not None:
-            y.addcmul_(u_t, D.to(ct))
+            # free when the caller hands over permuted views of time-major tensors (VMamba)
+            u_t = u.permute(2, 0, 1).to(ct).contiguous()
+            y = _scan_chunked(dt, u_t, a, Bt, Ct, chunk)
+            if D is not None:
+                y.addcmul_(u_t, D.to(ct))
         if z is not None:
             y.mul_(F.silu(z.permute(2, 0, 1).to(ct)))
         return y.permute(1, 2, 0)                                           # [b, d, L] view
+
+
+def _scan_chunked(dt: Tensor, u_t: Tensor, a: Tensor, Bt: Tensor, Ct: Tensor, chunk: int) -> Tensor:
+    """The chunked scan without D and gate, [L, b, D], from time-major Δ (after softplus) and u
+    [L, b, D], A [D, N] and B/C from ``_time_major``."""
+    length, batch, dim = dt.shape
+    n, groups = a.shape[1], Bt.shape[2]
+    grouped = (length, batch, groups, dim // groups)
+    if n == 1:
+        decay = torch.mul(dt, _log2_scaled(a)[:, 0]).exp2_()                # [L, b, d]
+        drive = torch.mul(dt, u_t)
+        drive.view(grouped).mul_(Bt[..., 0])
+        h = _recurrence_(decay, drive, chunk)
+        h.view(grouped).mul_(Ct[..., 0])
+        return h
+    # states before channels ([L, b, N, d]): every broadcast multiply runs along the contiguous
+    # channels rather than along the N states, which on CPU is several times faster at N = 16;
+    # the C contraction accumulates state by state, no [L, b, N, d] temporary
+    g5 = (length, batch, n, groups, dim // groups)
+    decay = _states_first(torch.mul, dt.unsqueeze(2), _log2_scaled(a).t().contiguous(),
+                          (length, batch, n, dim)).exp2_()
+    du = torch.mul(dt, u_t).view(length, batch, 1, groups, dim // groups)
+    drive = _states_first(torch.mul, du, _bc_states_first(Bt), g5)
+    h = _recurrence_(decay, drive.view(length, batch, n, dim), chunk).view(g5)
+    cs = _bc_states_first(Ct)                                               # [L|1, b|1, N, G, 1]
+    if groups == 1 and Ct.shape[0] == length and Ct.shape[1] == batch:
+        # one group, time-varying C: y_t = C_t h_t is one batched [1, N] x [N, d] matmul
+        y = torch.bmm(Ct.reshape(length * batch, 1, n), h.view(length * batch, n, dim))
+    else:
+        y = torch.mul(h[:, :, 0], cs[:, :, 0])
+        for k in range(1, n):
+            y.addcmul_(h[:, :, k], cs[:, :, k])
+    return y.view(length, batch, dim)
 
 
 #: on CPU, with d_state > 1, the ``torch`` backend steps through time one state at a time
@@ -413,12 +424,14 @@ def _one_thread_below_grain(state_values: int):
         torch.set_num_threads(threads)
 
 
-def _scan_stepwise(dt: Tensor, u_t: Tensor, a: Tensor, Bt: Tensor, Ct: Tensor) -> Tensor:
-    """The scan without D and gate, [L, b, D], from time-major Δ (after softplus) and u [L, b, D],
-    A [D, N] and B/C from ``_time_major``: the plain recurrence, one in-place multiply-add per
-    step, in blocks of a few steps whose decays, states and C contraction are made, used and
-    dropped while they are in cache. States are laid out [b, G, N, D/G] so that a block's
-    y = C h is one batched [1, N] x [N, D/G] matmul per (step, group)."""
+def _scan_stepwise(dt: Tensor, du: Tensor, a: Tensor, Bt: Tensor, Ct: Tensor,
+                   y: Optional[Tensor] = None) -> Tensor:
+    """The scan without the gate, [L, b, D], from time-major Δ (after softplus) and Δ·u [L, b, D],
+    A [D, N] and B/C from ``_time_major``; y, if given, holds D·u [L, b, D] and receives C h on
+    top. The plain recurrence, one in-place multiply-add per step, in blocks of a few steps
+    whose decays, states and C contraction are made, used and dropped while they are in cache.
+    States are laid out [b, G, N, D/G] so that a block's y = C h is one batched [1, N] x
+    [N, D/G] matmul per (step, group)."""
     length, batch, dim = dt.shape
     n, groups = a.shape[1], Bt.shape[2]
     per_group = dim // groups
@@ -427,31 +440,38 @@ def _scan_stepwise(dt: Tensor, u_t: Tensor, a: Tensor, Bt: Tensor, Ct: Tensor) -
                        _STEPWISE_BLOCK_ELEMENTS // (batch * dim * n)))
     a2 = _log2_scaled(a).view(groups, per_group, n).transpose(1, 2).contiguous()  # [G, N, D/G]
     dt_g = dt.view(length, batch, groups, 1, per_group)
-    du_g = torch.mul(dt, u_t).view(length, batch, groups, 1, per_group)
+    du_g = du.view(length, batch, groups, 1, per_group)
     b_col = Bt.transpose(3, 4)                                             # [L|1, b|1, G, N, 1]
 
     def steps(t: Tensor, start: int, stop: int) -> Tensor:  # B/C may be constant over time
         return t[start:stop] if t.shape[0] > 1 else t
 
-    y = dt.new_empty(length, batch, dim)
-    decay = dt.new_empty((block,) + state)
-    states = dt.new_empty((2, block) + state)   # alternate: the last state feeds the next block
-    # every block reuses the same buffers: their per-step views are made once
-    decays, step_states = decay.unbind(0), [s.unbind(0) for s in states]
-    last = None
-    for i, start in enumerate(range(0, length, block)):
+    accumulate = y is not None
+    if y is None:
+        y = dt.new_empty(length, batch, dim)
+    # every block reuses the same buffers (their per-step views are made once); one block of
+    # states, the last one carried over to the next block
+    decay, h = dt.new_empty((block,) + state), dt.new_empty((block,) + state)
+    carry = dt.new_empty(state)
+    decays, hs = decay.unbind(0), h.unbind(0)
+    for start in range(0, length, block):
         stop = min(start + block, length)
         size = stop - start
-        dec, h, hs = decay[:size], states[i % 2, :size], step_states[i % 2]
-        torch.mul(dt_g[start:stop], a2, out=dec).exp2_()
-        torch.mul(du_g[start:stop], steps(b_col, start, stop), out=h)
-        if last is not None:
-            hs[0].addcmul_(decays[0], last)
-        for t in range(1, size):
-            hs[t].addcmul_(decays[t], hs[t - 1])
-        last = hs[size - 1]
+        torch.mul(dt_g[start:stop], a2, out=decay[:size]).exp2_()
+        torch.mul(du_g[start:stop], steps(b_col, start, stop), out=h[:size])
+        if start > 0:
+            hs[0].addcmul_(decays[0], carry)
+        for h_now, dec, h_before in zip(hs[1:size], decays[1:size], hs[:size - 1]):
+            h_now.addcmul_(dec, h_before)
+        if stop < length:
+            carry.copy_(hs[size - 1])
         c_row = steps(Ct, start, stop).expand(size, batch, groups, 1, n)
-        torch.matmul(c_row, h, out=y[start:stop].view(size, batch, groups, 1, per_group))
+        y_block = y[start:stop].view(size, batch, groups, 1, per_group)
+        if accumulate:   # y += C h, as one batched matmul over (step, batch, group)
+            y_block.view(-1, 1, per_group).baddbmm_(c_row.reshape(-1, 1, n),
+                                                    h[:size].view(-1, n, per_group))
+        else:
+            torch.matmul(c_row, h[:size], out=y_block)
     return y
 
 
@@ -463,7 +483,7 @@ def _log2_scaled(a: Tensor) -> Tensor:
     return a * _LOG2_E
 
 
-def _softplus(x: Tensor) -> Tensor:
+def _softplus(x: Tensor, inplace: bool = False) -> Tensor:
     """softplus(x) = max(x, 0) + log1p(e^-|x|), to about one rounding of F.softplus (relative
     error <= 2e-7 in float32 from -87 to 100, F.softplus's 1.2e-7; below -87 the result is
     denormal, above 20 it rounds to x, torch's threshold), and 2.4x faster than F.softplus on
@@ -473,10 +493,21 @@ def _softplus(x: Tensor) -> Tensor:
     relative error of 1e-4, and the scan's output ten times float32's (measured)."""
     z = torch.abs(x).neg_().exp_()                    # e^-|x|, in [0, 1]
     u = z + 1
-    out = torch.log(u)
-    z.sub_(u - 1)                                     # the rounding error of 1 + z
-    out.addcdiv_(z, u)
+    out = torch.sub(u, 1)
+    z.sub_(out)                                       # the rounding error of 1 + z
+    torch.log(u, out=out).addcdiv_(z, u)
+    if inplace:                                       # x is overwritten with the result
+        return x.clamp_(min=0).add_(out)
     return out.add_(torch.clamp(x, min=0, out=u))
+
+
+def _time_major_copy(t: Tensor, dtype: torch.dtype, bias: Optional[Tensor] = None) -> Tensor:
+    """[b, d, L] ``t`` (+ ``bias`` [d]) as a new time-major [L, b, d] tensor of ``dtype``, in one
+    pass; never a view of ``t``, so the caller may overwrite it."""
+    batch, dim, length = t.shape
+    out = t.new_empty((length, batch, dim), dtype=dtype).copy_(t.permute(2, 0, 1))
+    # (copy, then add: torch's transposing copy is 2-3x faster than a strided add from cold memory)
+    return out if bias is None else out.add_(bias.to(dtype))
 
 
 def _time_major(t: Tensor, dtype: torch.dtype) -> Tensor:
