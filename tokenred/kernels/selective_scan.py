@@ -505,9 +505,15 @@ def _time_major_copy(t: Tensor, dtype: torch.dtype, bias: Optional[Tensor] = Non
     """[b, d, L] ``t`` (+ ``bias`` [d]) as a new time-major [L, b, d] tensor of ``dtype``, in one
     pass; never a view of ``t``, so the caller may overwrite it."""
     batch, dim, length = t.shape
-    out = t.new_empty((length, batch, dim), dtype=dtype).copy_(t.permute(2, 0, 1))
-    # (copy, then add: torch's transposing copy is 2-3x faster than a strided add from cold memory)
-    return out if bias is None else out.add_(bias.to(dtype))
+    view = t.permute(2, 0, 1)
+    out = t.new_empty((length, batch, dim), dtype=dtype)
+    if bias is None:
+        return out.copy_(view)
+    if view.is_contiguous():           # time-major already (VMamba, Vim's Δ): one pass
+        return torch.add(view, bias.to(dtype), out=out)
+    # a transpose: torch's transposing copy, then the add, is 2-3x faster than one strided add
+    # from cold memory
+    return out.copy_(view).add_(bias.to(dtype))
 
 
 def _time_major(t: Tensor, dtype: torch.dtype) -> Tensor:
