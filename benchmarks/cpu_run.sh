@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The CPU benchmarks of the compiled `cpp` scan backend (2026-12-01 session), run one after the
-# other on a quiet machine; results in benchmarks/results/cpu/, logs beside them.
+# The CPU benchmarks of the scan backends, session by session, run one after the other on a
+# quiet machine; results in benchmarks/results/cpu/, logs beside them.
+#   bash benchmarks/cpu_run.sh                 # every case (hours)
+#   ONLY=eighth bash benchmarks/cpu_run.sh     # the cases whose name matches a regex
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -8,6 +10,7 @@ R=benchmarks/results/cpu
 mkdir -p $R
 run() {  # name seconds command...
   local name=$1 limit=$2; shift 2
+  [[ -n "${ONLY:-}" && ! "$name" =~ $ONLY ]] && return 0
   echo "== $name" >&2
   timeout "$limit" "$@" > $R/$name.txt 2>&1 || echo "$name: exit $?" >> $R/$name.txt
 }
@@ -51,3 +54,11 @@ run medmamba_vs_deit_defaults_b8 1800 env TOKENRED_MALLOC=default $PY benchmarks
 run vmamba_vs_deit_kept_b1 900 $PY benchmarks/vmamba_vs_deit.py --threads 2 --json $R/vmamba_vs_deit_kept_b1.json
 run vim_vs_deit_kept_b1 900 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --reference no --json $R/vim_vs_deit_kept_b1.json
 run scan_paths_kept_b1_b8 1800 $PY benchmarks/scan_paths.py --threads 2 --json $R/scan_paths_kept_b1_b8.json
+# eighth session: fewer buffers in the step-by-step torch scan; selective_scan.py also times each
+# call repeated at once (inputs in cache); the whole models again, on the day's machine
+run scan_eighth_b1 900 $PY benchmarks/selective_scan.py --threads 2 --json $R/scan_eighth_b1.json
+run vmamba_vs_deit_eighth_b1 900 $PY benchmarks/vmamba_vs_deit.py --threads 2 --json $R/vmamba_vs_deit_eighth_b1.json
+run vmamba_vs_deit_eighth_b8 1800 $PY benchmarks/vmamba_vs_deit.py --threads 2 --batch-size 8 --reference no --json $R/vmamba_vs_deit_eighth_b8.json
+run medmamba_vs_deit_eighth_b8 1800 $PY benchmarks/vmamba_vs_deit.py --ssm medmamba_tiny --threads 2 --batch-size 8 --reference no --json $R/medmamba_vs_deit_eighth_b8.json
+run vim_vs_deit_eighth_b1 900 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --reference no --json $R/vim_vs_deit_eighth_b1.json
+run medmamba_old_vs_new_eighth_b8 1800 bash benchmarks/old_vs_new.sh d43502c medmamba_tiny 8
