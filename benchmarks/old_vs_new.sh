@@ -3,7 +3,8 @@
 #   benchmarks/old_vs_new.sh COMMIT BACKBONE BATCH [ITERS]
 # Each side runs old_vs_new.py (from today's tree) twice per allocator setting: glibc's defaults,
 # and freed memory kept (tokenred.timing.keep_freed_memory; the older code gets the same glibc
-# settings through MALLOC_MMAP_MAX_ / MALLOC_TRIM_THRESHOLD_, which glibc reads at start-up).
+# settings through MALLOC_MMAP_MAX_ / MALLOC_TRIM_THRESHOLD_, which glibc reads at start-up; an
+# older tree that already keeps freed memory gets TOKENRED_MALLOC=default on the defaults side).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 commit=$1 backbone=$2 batch=$3 iters=${4:-5}
@@ -18,6 +19,6 @@ kept="MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1073741824"
 for round in 1 2; do
   (cd /tmp && env $kept PYTHONPATH="$old" "$PY" "$OLDPWD/benchmarks/old_vs_new.py" "$backbone" "$batch" --iters "$iters" --label "$commit, kept")
   "$PY" benchmarks/old_vs_new.py "$backbone" "$batch" --iters "$iters" --label "today, kept"
-  (cd /tmp && PYTHONPATH="$old" "$PY" "$OLDPWD/benchmarks/old_vs_new.py" "$backbone" "$batch" --iters "$iters" --label "$commit, defaults")
+  (cd /tmp && TOKENRED_MALLOC=default PYTHONPATH="$old" "$PY" "$OLDPWD/benchmarks/old_vs_new.py" "$backbone" "$batch" --iters "$iters" --label "$commit, defaults")
   TOKENRED_MALLOC=default "$PY" benchmarks/old_vs_new.py "$backbone" "$batch" --iters "$iters" --label "today, defaults"
 done

@@ -100,6 +100,22 @@ def test_softplus_is_within_float32_rounding_everywhere():
                            torch.nn.functional.softplus(special).nan_to_num(-1.0))
 
 
+def test_softplus_in_pieces_is_the_same_function(monkeypatch):
+    """Large Δ is processed piece by piece with reused scratch: the result is bit for bit the
+    one-piece result, in place or not, contiguous or not, with a last piece shorter than the
+    others; an empty tensor passes through."""
+    x = torch.randn(7, 3, 101, generator=torch.Generator().manual_seed(2)) * 10
+    whole = ss_module._softplus(x)
+    monkeypatch.setattr(ss_module, "_SOFTPLUS_PIECE", 1000)             # 2121 = 2 x 1000 + 121
+    assert torch.equal(ss_module._softplus(x), whole)
+    strided = x.permute(2, 0, 1)
+    assert torch.equal(ss_module._softplus(strided), whole.permute(2, 0, 1))
+    given = strided.clone()
+    assert ss_module._softplus(given, inplace=True) is given
+    assert torch.equal(given, whole.permute(2, 0, 1))
+    assert ss_module._softplus(torch.empty(0, 5)).shape == (0, 5)
+
+
 @pytest.mark.parametrize("d_state", [1, 16])
 @pytest.mark.parametrize("length", [197, 3136])
 def test_mamba_small_steps_stay_at_float32_precision(d_state, length, inference_path):

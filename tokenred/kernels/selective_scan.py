@@ -483,6 +483,12 @@ def _log2_scaled(a: Tensor) -> Tensor:
     return a * _LOG2_E
 
 
+#: elements per piece of the softplus: its three temporaries and the piece then fit in L2, and
+#: are reused piece after piece, instead of three fresh tensors the size of Δ (at MedMamba's
+#: first stage, batch 8: 9.6M elements, 1.6x faster in pieces, 2.5x under glibc's defaults)
+_SOFTPLUS_PIECE = 1 << 17
+
+
 def _softplus(x: Tensor, inplace: bool = False) -> Tensor:
     """softplus(x) = max(x, 0) + log1p(e^-|x|), to about one rounding of F.softplus (relative
     error <= 2e-7 in float32 from -87 to 100, F.softplus's 1.2e-7; below -87 the result is
@@ -490,15 +496,27 @@ def _softplus(x: Tensor, inplace: bool = False) -> Tensor:
     CPU, where torch's log1p is not vectorised. log1p(z) is log(u) + (z - (u - 1)) / u with
     u = 1 + z rounded: z - (u - 1) is exactly the rounding error of 1 + z. The plain
     log(1 + e^x) loses that error: Mamba's small steps (softplus 1e-3, x near -7) then carry a
-    relative error of 1e-4, and the scan's output ten times float32's (measured)."""
-    z = torch.abs(x).neg_().exp_()                    # e^-|x|, in [0, 1]
-    u = z + 1
-    out = torch.sub(u, 1)
-    z.sub_(out)                                       # the rounding error of 1 + z
-    torch.log(u, out=out).addcdiv_(z, u)
-    if inplace:                                       # x is overwritten with the result
-        return x.clamp_(min=0).add_(out)
-    return out.add_(torch.clamp(x, min=0, out=u))
+    relative error of 1e-4, and the scan's output ten times float32's (measured).
+    ``inplace`` overwrites ``x``; otherwise the result is a new contiguous tensor."""
+    out = x if inplace else x.clone(memory_format=torch.contiguous_format)
+    work = out if out.is_contiguous() else out.contiguous()
+    flat = work.view(-1)
+    piece = min(flat.numel(), _SOFTPLUS_PIECE)
+    if piece:
+        scratch = flat.new_empty(3, piece)
+        for start in range(0, flat.numel(), piece):
+            part = flat[start:start + piece]
+            _softplus_piece_(part, *scratch[:, :part.numel()])
+    return out if work is out else out.copy_(work)
+
+
+def _softplus_piece_(x: Tensor, z: Tensor, u: Tensor, w: Tensor) -> Tensor:
+    """``_softplus`` on ``x`` in place, with z, u, w (x's shape) as scratch."""
+    torch.abs(x, out=z).neg_().exp_()                 # e^-|x|, in [0, 1]
+    torch.add(z, 1, out=u)
+    z.sub_(torch.sub(u, 1, out=w))                    # the rounding error of 1 + z
+    torch.log(u, out=w).addcdiv_(z, u)
+    return x.clamp_(min=0).add_(w)
 
 
 def _time_major_copy(t: Tensor, dtype: torch.dtype, bias: Optional[Tensor] = None) -> Tensor:
