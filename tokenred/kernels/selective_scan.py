@@ -520,8 +520,9 @@ def _softplus_piece_(x: Tensor, z: Tensor, u: Tensor, w: Tensor) -> Tensor:
 
 
 def _time_major_copy(t: Tensor, dtype: torch.dtype, bias: Optional[Tensor] = None) -> Tensor:
-    """[b, d, L] ``t`` (+ ``bias`` [d]) as a new time-major [L, b, d] tensor of ``dtype``, in one
-    pass; never a view of ``t``, so the caller may overwrite it."""
+    """[b, d, L] ``t`` (+ ``bias`` [d]) as a new time-major [L, b, d] tensor of ``dtype`` (one
+    pass where ``t`` is a time-major view already); never a view of ``t``, so the caller may
+    overwrite it."""
     batch, dim, length = t.shape
     view = t.permute(2, 0, 1)
     out = t.new_empty((length, batch, dim), dtype=dtype)
