@@ -116,6 +116,19 @@ def test_softplus_in_pieces_is_the_same_function(monkeypatch):
     assert ss_module._softplus(torch.empty(0, 5)).shape == (0, 5)
 
 
+def test_softplus_is_one_piece_off_the_cpu(monkeypatch):
+    """Pieces are for CPU caches; on a GPU each would cost kernel launches (meta stands in)."""
+    pieces = []
+    piece_ = ss_module._softplus_piece_
+    monkeypatch.setattr(ss_module, "_softplus_piece_",
+                        lambda x, *scratch: pieces.append(x.numel()) or piece_(x, *scratch))
+    ss_module._softplus(torch.empty(5 << 17, device="meta"), inplace=True)
+    assert pieces == [5 << 17]
+    pieces.clear()
+    ss_module._softplus(torch.zeros(5 << 17), inplace=True)
+    assert pieces == [1 << 17] * 5
+
+
 @pytest.mark.parametrize("d_state", [1, 16])
 @pytest.mark.parametrize("length", [197, 3136])
 def test_mamba_small_steps_stay_at_float32_precision(d_state, length, inference_path):

@@ -483,9 +483,10 @@ def _log2_scaled(a: Tensor) -> Tensor:
     return a * _LOG2_E
 
 
-#: elements per piece of the softplus: its three temporaries and the piece then fit in L2, and
-#: are reused piece after piece, instead of three fresh tensors the size of Δ (at MedMamba's
-#: first stage, batch 8: 9.6M elements, 1.6x faster in pieces, 2.5x under glibc's defaults)
+#: elements per piece of the softplus on CPU: its three temporaries and the piece then fit in
+#: L2, and are reused piece after piece, instead of three fresh tensors the size of Δ (at
+#: MedMamba's first stage, batch 8: 9.6M elements, 1.6x faster in pieces, 2.5x under glibc's
+#: defaults). On a GPU every piece would be six more kernel launches: one piece there.
 _SOFTPLUS_PIECE = 1 << 17
 
 
@@ -501,7 +502,7 @@ def _softplus(x: Tensor, inplace: bool = False) -> Tensor:
     out = x if inplace else x.clone(memory_format=torch.contiguous_format)
     work = out if out.is_contiguous() else out.contiguous()
     flat = work.view(-1)
-    piece = min(flat.numel(), _SOFTPLUS_PIECE)
+    piece = min(flat.numel(), _SOFTPLUS_PIECE) if flat.device.type == "cpu" else flat.numel()
     if piece:
         scratch = flat.new_empty(3, piece)
         for start in range(0, flat.numel(), piece):
