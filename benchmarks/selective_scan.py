@@ -95,7 +95,8 @@ def main() -> int:
         backends.insert(1, "cpp")
     print(f"selective scan, batch {args.batch_size}, fp32, {env['device_name']} ({device.type}), "
           f"{torch.get_num_threads()} threads, torch {torch.__version__}, {env['allocator']}; "
-          f"median of {args.rounds} interleaved rounds; \"repeated\": each call timed again at once, inputs in cache")
+          f"median of {args.rounds} interleaved rounds; \"repeated\": each call timed again at "
+          f"once, inputs in cache")
     rows = []
     with torch.inference_mode():
         for label, dim, n, length in shapes:
