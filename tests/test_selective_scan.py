@@ -110,9 +110,13 @@ def test_softplus_in_pieces_is_the_same_function(monkeypatch):
     assert torch.equal(ss_module._softplus(x), whole)
     strided = x.permute(2, 0, 1)
     assert torch.equal(ss_module._softplus(strided), whole.permute(2, 0, 1))
+    assert ss_module._softplus(strided).stride() == strided.stride()    # x's layout kept
     given = strided.clone()
     assert ss_module._softplus(given, inplace=True) is given
     assert torch.equal(given, whole.permute(2, 0, 1))
+    with_gaps = x.clone()[:, 1:, ::2]                                   # not dense: copied
+    assert ss_module._softplus(with_gaps, inplace=True) is with_gaps
+    assert torch.equal(with_gaps, whole[:, 1:, ::2])
     assert ss_module._softplus(torch.empty(0, 5)).shape == (0, 5)
 
 
