@@ -62,3 +62,10 @@ run vmamba_vs_deit_eighth_b8 1800 $PY benchmarks/vmamba_vs_deit.py --threads 2 -
 run medmamba_vs_deit_eighth_b8 1800 $PY benchmarks/vmamba_vs_deit.py --ssm medmamba_tiny --threads 2 --batch-size 8 --reference no --json $R/medmamba_vs_deit_eighth_b8.json
 run vim_vs_deit_eighth_b1 900 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --reference no --json $R/vim_vs_deit_eighth_b1.json
 run medmamba_old_vs_new_eighth_b8 1800 bash benchmarks/old_vs_new.sh d43502c medmamba_tiny 8
+# ninth session (an Intel Xeon host): the torch scan's exponentials by machine (Intel with MKL: decays
+# by exp and torch's softplus; elsewhere exp2 and the pieces), and the models again on this host
+run cpu_math_ninth_b1 900 $PY benchmarks/cpu_math.py --threads 2 --json $R/cpu_math_ninth_b1.json
+run scan_ninth_b1 900 $PY benchmarks/selective_scan.py --threads 2 --json $R/scan_ninth_b1.json
+run vmamba_vs_deit_ninth_b1 900 $PY benchmarks/vmamba_vs_deit.py --threads 2 --json $R/vmamba_vs_deit_ninth_b1.json
+run vmamba_vs_deit_ninth_b8 1800 $PY benchmarks/vmamba_vs_deit.py --threads 2 --batch-size 8 --reference no --json $R/vmamba_vs_deit_ninth_b8.json
+run vim_vs_deit_ninth_b1 900 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --reference no --json $R/vim_vs_deit_ninth_b1.json

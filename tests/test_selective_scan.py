@@ -63,6 +63,21 @@ def inference_path(request, monkeypatch):
     return request.param, calls
 
 
+@pytest.fixture(params=["intel_mkl", "other"])
+def cpu_math(request, monkeypatch):
+    """Run the scan with the exponentials either machine rule picks (Intel with MKL: decays by
+    exp, torch's softplus; elsewhere: exp2 of Δ A log2 e, the softplus in pieces), including the
+    one this machine would not pick: both must give the scan to float32 precision."""
+    monkeypatch.setattr(ss_module, "cpu_is_intel_with_mkl", lambda: request.param == "intel_mkl")
+    return request.param
+
+
+@pytest.fixture
+def softplus_in_pieces(monkeypatch):
+    """The piecewise softplus, whatever this machine's rule."""
+    monkeypatch.setattr(ss_module, "cpu_is_intel_with_mkl", lambda: False)
+
+
 def check_path(inference_path, d_state):
     name, calls = inference_path
     assert bool(calls) == (name == "stepwise" and d_state > 1), (name, d_state, calls)
@@ -71,7 +86,8 @@ def check_path(inference_path, d_state):
 @pytest.mark.parametrize("d_state", [1, 16])
 @pytest.mark.parametrize("length", [1, 7, 49, 196, 3136])
 @pytest.mark.parametrize("regime", ["init", "large"])
-def test_torch_backend_matches_float64_sequential(d_state, length, regime, inference_path):
+def test_torch_backend_matches_float64_sequential(d_state, length, regime, inference_path,
+                                                  cpu_math):
     dim = 32 if d_state == 16 and length == 3136 else 64
     inputs = make_inputs(2, dim, d_state, length, regime=regime)
     ref = scan_reference(**float64(inputs))
@@ -81,7 +97,7 @@ def test_torch_backend_matches_float64_sequential(d_state, length, regime, infer
     check_path(inference_path, d_state)
 
 
-def test_softplus_is_within_float32_rounding_everywhere():
+def test_softplus_is_within_float32_rounding_everywhere(cpu_math):
     """The backend's vectorised softplus against float64 from -87 (below, results are denormal)
     to 100, including the range near Mamba's small steps (x near -7) where log(1 + e^x) loses
     the rounding of 1 + e^x (a relative error of 1e-4 there, 100% further down); the same
@@ -100,7 +116,7 @@ def test_softplus_is_within_float32_rounding_everywhere():
                            torch.nn.functional.softplus(special).nan_to_num(-1.0))
 
 
-def test_softplus_in_pieces_is_the_same_function(monkeypatch):
+def test_softplus_in_pieces_is_the_same_function(monkeypatch, softplus_in_pieces):
     """Large Δ is processed piece by piece with reused scratch: the result is bit for bit the
     one-piece result, in place or not, contiguous or not, with a last piece shorter than the
     others; an empty tensor passes through."""
@@ -120,7 +136,7 @@ def test_softplus_in_pieces_is_the_same_function(monkeypatch):
     assert ss_module._softplus(torch.empty(0, 5)).shape == (0, 5)
 
 
-def test_softplus_is_one_piece_off_the_cpu(monkeypatch):
+def test_softplus_is_one_piece_off_the_cpu(monkeypatch, softplus_in_pieces):
     """Pieces are for CPU caches; on a GPU each would cost kernel launches (meta stands in)."""
     pieces = []
     piece_ = ss_module._softplus_piece_
@@ -135,7 +151,8 @@ def test_softplus_is_one_piece_off_the_cpu(monkeypatch):
 
 @pytest.mark.parametrize("d_state", [1, 16])
 @pytest.mark.parametrize("length", [197, 3136])
-def test_mamba_small_steps_stay_at_float32_precision(d_state, length, inference_path):
+def test_mamba_small_steps_stay_at_float32_precision(d_state, length, inference_path,
+                                                     cpu_math):
     """Mamba's step init (softplus(bias) log-uniform in [1e-3, 1e-1]): the output within a few
     float32 roundings of float64 (a softplus as log(1 + e^x) gave 7e-7 here, the reference
     loop 1e-7)."""
@@ -144,6 +161,34 @@ def test_mamba_small_steps_stay_at_float32_precision(d_state, length, inference_
     ref = scan_reference(**float64(inputs))
     assert rel_err(scan_torch(**inputs), ref) < 3e-7
     check_path(inference_path, d_state)
+
+
+def test_the_machine_rule_picks_the_exponentials(monkeypatch):
+    """Intel with MKL: decays by exp (A used as it is) and torch's softplus; elsewhere exp2 of
+    A log2 e and the piecewise softplus; off the CPU always exp2 and the pieces. The rule
+    depends on the machine only (MKL in torch, the CPU's vendor), never on a timing."""
+    a = -torch.rand(8, 4) * 3
+    x = -torch.rand(5, 8)
+    wide = torch.randn(3, 5, 7) * 10
+    for intel in (True, False):
+        monkeypatch.setattr(ss_module, "cpu_is_intel_with_mkl", lambda intel=intel: intel)
+        assert torch.equal(ss_module._decay_rate(a), a if intel else a * ss_module._LOG2_E)
+        assert torch.equal(ss_module._decay_exp_(x.clone()), x.exp() if intel else x.exp2())
+        assert ss_module.scan_math("cpu") == {"decays": "exp" if intel else "exp2",
+                                              "softplus": "torch" if intel else "pieces"}
+        for given, dense in ((wide.clone(), True), (wide.clone().permute(2, 0, 1), True),
+                             (wide.clone()[:, 1:, ::2], False)):
+            expect = torch.nn.functional.softplus(given)
+            out = ss_module._softplus(given)
+            assert out.stride() == given.stride() or not dense     # a dense x's layout is kept
+            assert (out - expect).abs().max() <= 2e-7 * expect.abs().max()
+            assert ss_module._softplus(given, inplace=True) is given
+            assert torch.equal(given, out)
+        assert ss_module.scan_math("meta") == {"decays": "exp2", "softplus": "pieces"}
+    monkeypatch.undo()
+    assert ss_module.cpu_is_intel_with_mkl() == (torch.backends.mkl.is_available()
+                                                 and ss_module.cpu_vendor() == "GenuineIntel")
+    assert isinstance(ss_module.cpu_vendor(), str)
 
 
 @pytest.mark.parametrize("block", [1, 3, 16])
@@ -205,7 +250,7 @@ def test_result_does_not_depend_on_the_chunk(chunk):
     assert rel_err(scan_torch(**inputs, chunk=chunk), ref) < 1e-5
 
 
-def test_extreme_decay_gives_no_overflow_or_nan(inference_path):
+def test_extreme_decay_gives_no_overflow_or_nan(inference_path, cpu_math):
     # total log-decay far beyond float32's exp range inside every chunk
     inputs = make_inputs(1, 8, 16, 3136, regime="large")
     inputs["delta"] = inputs["delta"] + 60.0
@@ -373,7 +418,7 @@ def _scan_grads(fn, inputs, grad_out):
     (4, 97, "shared", False), (4, 33, "constant", True), (16, 1, "grouped", False)])
 @pytest.mark.parametrize("regime", ["init", "large"])
 def test_torch_backward_matches_autograd_through_float64_reference(d_state, length, layout, gate,
-                                                                   regime):
+                                                                   regime, cpu_math):
     check_gradients_against_float64(scan_torch_autograd, d_state, length, layout, gate, regime)
 
 

@@ -163,10 +163,12 @@ def environment(device: torch.device, dtype: torch.dtype, amp: bool) -> dict[str
         "cudnn_deterministic": torch.backends.cudnn.deterministic,
         "allocator": _allocator[1] if _allocator else "C library defaults",
     }
-    from .kernels import resolve_backend
+    from .kernels import resolve_backend, scan_math
 
     # the selective-scan backend SSM backbones use here unless a model pins its own
     env["scan_backend"] = resolve_backend(None, device)
+    # how the torch scan computes its exponentials here (picked by the machine: kernels docs)
+    env["scan_math"] = scan_math(device)
     if device.type == "cuda":
         env["cuda"] = torch.version.cuda
     return env

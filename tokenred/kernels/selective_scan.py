@@ -17,7 +17,9 @@ Backends (``backend=`` or ``set_default_backend``):
   Exact up to float32 rounding for any length and any chunk size. On CPU, inference with
   d_state > 1 and a large per-step state (Vim, MedMamba, VMamba v0) instead runs the plain
   recurrence step by step, in cache-sized time blocks (``_scan_stepwise``): there the chunked
-  scan's extra passes over [L, N, D] cost more than its fewer steps save.
+  scan's extra passes over [L, N, D] cost more than its fewer steps save. Its exponentials are
+  picked by the machine, never by a timing (``scan_math``): on Intel CPUs with MKL the decays
+  by exp and torch's softplus, everywhere else exp2 and a softplus of its own.
 * ``cpp`` — the sequential recurrence compiled from ``scan_cpu.cpp`` on first use (CPU only; needs
   a C++ compiler and ``ninja``), with its own backward that recomputes the states: the working set
   of one channel stays in cache, so it is the fast CPU path for training and inference. Opt-in,
@@ -364,7 +366,7 @@ def _scan_chunked(dt: Tensor, u_t: Tensor, a: Tensor, Bt: Tensor, Ct: Tensor, ch
     n, groups = a.shape[1], Bt.shape[2]
     grouped = (length, batch, groups, dim // groups)
     if n == 1:
-        decay = torch.mul(dt, _log2_scaled(a)[:, 0]).exp2_()                # [L, b, d]
+        decay = _decay_exp_(torch.mul(dt, _decay_rate(a)[:, 0]))                # [L, b, d]
         drive = torch.mul(dt, u_t)
         drive.view(grouped).mul_(Bt[..., 0])
         h = _recurrence_(decay, drive, chunk)
@@ -374,8 +376,8 @@ def _scan_chunked(dt: Tensor, u_t: Tensor, a: Tensor, Bt: Tensor, Ct: Tensor, ch
     # channels rather than along the N states, which on CPU is several times faster at N = 16;
     # the C contraction accumulates state by state, no [L, b, N, d] temporary
     g5 = (length, batch, n, groups, dim // groups)
-    decay = _states_first(torch.mul, dt.unsqueeze(2), _log2_scaled(a).t().contiguous(),
-                          (length, batch, n, dim)).exp2_()
+    decay = _decay_exp_(_states_first(torch.mul, dt.unsqueeze(2), _decay_rate(a).t().contiguous(),
+                                      (length, batch, n, dim)))
     du = torch.mul(dt, u_t).view(length, batch, 1, groups, dim // groups)
     drive = _states_first(torch.mul, du, _bc_states_first(Bt), g5)
     h = _recurrence_(decay, drive.view(length, batch, n, dim), chunk).view(g5)
@@ -438,7 +440,7 @@ def _scan_stepwise(dt: Tensor, du: Tensor, a: Tensor, Bt: Tensor, Ct: Tensor,
     state = (batch, groups, n, per_group)
     block = max(1, min(_STEPWISE_MAX_BLOCK, length,
                        _STEPWISE_BLOCK_ELEMENTS // (batch * dim * n)))
-    a2 = _log2_scaled(a).view(groups, per_group, n).transpose(1, 2).contiguous()  # [G, N, D/G]
+    rate = _decay_rate(a).view(groups, per_group, n).transpose(1, 2).contiguous()  # [G, N, D/G]
     dt_g = dt.view(length, batch, groups, 1, per_group)
     du_g = du.view(length, batch, groups, 1, per_group)
     b_col = Bt.transpose(3, 4)                                             # [L|1, b|1, G, N, 1]
@@ -457,7 +459,7 @@ def _scan_stepwise(dt: Tensor, du: Tensor, a: Tensor, Bt: Tensor, Ct: Tensor,
     for start in range(0, length, block):
         stop = min(start + block, length)
         size = stop - start
-        torch.mul(dt_g[start:stop], a2, out=decay[:size]).exp2_()
+        _decay_exp_(torch.mul(dt_g[start:stop], rate, out=decay[:size]))
         torch.mul(du_g[start:stop], steps(b_col, start, stop), out=h[:size])
         if start > 0:
             hs[0].addcmul_(decays[0], carry)
@@ -475,12 +477,64 @@ def _scan_stepwise(dt: Tensor, du: Tensor, a: Tensor, Bt: Tensor, Ct: Tensor,
     return y
 
 
-def _log2_scaled(a: Tensor) -> Tensor:
-    """A · log2(e), so that the decays exp(Δ A) are computed as exp2(Δ · A log2 e): torch's CPU
-    exp2 is 2.5x faster than its exp in float32 (AVX-512 build, measured), and the one extra
-    rounding (of the [D, N] product) adds at most one float32 rounding of the exponent, i.e.
-    < 3e-8 absolute on a decay in (0, 1]."""
-    return a * _LOG2_E
+def _decay_rate(a: Tensor) -> Tensor:
+    """A in the units of ``_decay_exp_``: the decays exp(Δ A) are ``_decay_exp_``(Δ · this).
+    Where exp2 is the faster exponential this is A · log2(e), and the one extra rounding (of
+    the [D, N] product) adds at most one float32 rounding of the exponent, i.e. < 3e-8
+    absolute on a decay in (0, 1]."""
+    return a * _LOG2_E if _decays_by_exp2(a.device) else a
+
+
+def _decay_exp_(x: Tensor) -> Tensor:
+    """x ← exp(x / ``_decay_rate``'s scale) in place: exp2 or exp, whichever is faster here."""
+    return x.exp2_() if _decays_by_exp2(x.device) else x.exp_()
+
+
+def scan_math(device) -> dict:
+    """How the ``torch`` scan computes its exponentials on ``device``: decays by "exp" or "exp2",
+    the softplus by "torch" (torch's kernel) or "pieces" (``_softplus``'s own, piece by piece).
+    Recorded with every timing, since it decides part of the scan's speed."""
+    device = torch.device(device)
+    return {"decays": "exp2" if _decays_by_exp2(device) else "exp",
+            "softplus": "torch" if _softplus_by_torch(device) else "pieces"}
+
+
+def _decays_by_exp2(device: torch.device) -> bool:
+    """exp2 everywhere except on Intel CPUs whose exp is MKL's fast one. Decided by the machine,
+    never by a timing, so that a machine always computes the same decays."""
+    return device.type != "cpu" or not cpu_is_intel_with_mkl()
+
+
+def _softplus_by_torch(device: torch.device) -> bool:
+    """torch's softplus kernel on Intel CPUs with MKL, where it is the faster one; elsewhere
+    ``_softplus``'s own (on AMD CPUs torch's is 2.4x slower, its log1p at 9.5 ns an element)."""
+    return device.type == "cpu" and cpu_is_intel_with_mkl()
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_is_intel_with_mkl() -> bool:
+    """Whether torch runs here with MKL on an Intel CPU: the machine rule that picks the scan's
+    exponentials, from side-by-side measurements on both kinds of machine
+    (``benchmarks/cpu_math.py``). Built with MKL, torch's float exp is MKL's vector exp, which
+    takes its fast path on Intel CPUs only, while exp2 is Sleef's on every CPU:
+    - Intel Xeon (AVX-512): exp 1.3-1.6x faster than exp2 on cache-sized tensors, and torch's
+      softplus 1.3-1.6x faster than the pieces;
+    - AMD EPYC: exp2 4.4x faster than exp (0.135 against 0.60 ns an element), and the pieces
+      2.4x faster than torch's softplus."""
+    return torch.backends.mkl.is_available() and cpu_vendor() == "GenuineIntel"
+
+
+def cpu_vendor() -> str:
+    """The CPU's vendor string (GenuineIntel, AuthenticAMD, ...), or "" where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return "GenuineIntel" if "Intel" in platform.processor() else ""
 
 
 #: elements per piece of the softplus on CPU: its three temporaries and the piece then fit in
@@ -494,11 +548,15 @@ def _softplus(x: Tensor, inplace: bool = False) -> Tensor:
     """softplus(x) = max(x, 0) + log1p(e^-|x|), to about one rounding of F.softplus (relative
     error <= 2e-7 in float32 from -87 to 100, F.softplus's 1.2e-7; below -87 the result is
     denormal, above 20 it rounds to x, torch's threshold), and 2.4x faster than F.softplus on
-    CPU, where torch's log1p is not vectorised. log1p(z) is log(u) + (z - (u - 1)) / u with
+    AMD CPUs, where torch's log1p is slow (9.5 ns an element). log1p(z) is log(u) + (z - (u - 1)) / u with
     u = 1 + z rounded: z - (u - 1) is exactly the rounding error of 1 + z. The plain
     log(1 + e^x) loses that error: Mamba's small steps (softplus 1e-3, x near -7) then carry a
     relative error of 1e-4, and the scan's output ten times float32's (measured).
-    ``inplace`` overwrites ``x``; otherwise the result is a new tensor in ``x``'s layout."""
+    ``inplace`` overwrites ``x``; otherwise the result is a new tensor in ``x``'s layout.
+    Where torch's own softplus is the faster one (``_softplus_by_torch``), that runs instead:
+    it is as precise (log1p of e^x, 1.2e-7)."""
+    if _softplus_by_torch(x.device):
+        return torch.ops.aten.softplus.out(x, 1, 20, out=x) if inplace else F.softplus(x)
     out = x if inplace else x.clone()   # a clone is dense, in x's dimension order
     # elementwise: any dense tensor is processed in its memory order, without a layout change
     order = sorted(range(out.dim()), key=out.stride, reverse=True)
@@ -583,7 +641,7 @@ class _ScanTorchFunction(torch.autograd.Function):
         dt = _softplus(dt_raw) if delta_softplus else dt_raw
         groups = Bt.shape[2]
         grouped = (length, batch, groups, dim // groups)
-        decay = torch.mul(dt.unsqueeze(-1), _log2_scaled(a)).exp2_()           # [L, b, d, N]
+        decay = _decay_exp_(torch.mul(dt.unsqueeze(-1), _decay_rate(a)))           # [L, b, d, N]
         drive = (torch.mul(dt, u_t).view(grouped).unsqueeze(-1) * Bt).view(length, batch, dim, n)
         h = _recurrence_(decay, drive, chunk)                                 # the states h_t
         y = (h.view(grouped + (n,)) * Ct).sum(-1).view(length, batch, dim)
@@ -615,7 +673,7 @@ class _ScanTorchFunction(torch.autograd.Function):
         g5 = g.view(grouped).unsqueeze(-1)                                    # [L, b, G, d/G, 1]
         grad_C = _grad_of_bc((g5 * h.view(grouped + (n,))).sum(3), C)
         # adjoint: reversed in time, λ'_s = gh'_s + a'_s λ'_{s-1} with a'_s = a_{L-s}
-        decay = torch.mul(dt.unsqueeze(-1), _log2_scaled(a)).exp2_()        # as in forward
+        decay = _decay_exp_(torch.mul(dt.unsqueeze(-1), _decay_rate(a)))        # as in forward
         lam = (g5 * Ct).view(length, batch, dim, n).flip(0)
         a_rev = torch.empty_like(decay)
         a_rev[0] = 1.0
