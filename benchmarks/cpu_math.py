@@ -7,9 +7,12 @@ First each function alone, on cache-sized tensors: exp against exp2, torch's sof
 pieces (in place). Then, for each shape of ``selective_scan.py`` (VMamba's stages, the Vim-S
 shape, N = 16 at L = 3136), with time-major inputs as the backbones hand them over, the whole
 scan under either rule, in alternating order, round after round. Printed: medians and the
-median of the per-round ratios other/intel_mkl (> 1: the Intel rule is faster here).
+median of the per-round ratios other/intel_mkl (> 1: the Intel rule is faster here). Last, whole
+backbones (``--models``, batch ``--batch-size``) under either rule, interleaved with
+``tokenred.timing.benchmark_interleaved``, with DeiT-S beside them for scale.
 
     python benchmarks/cpu_math.py --threads 2
+    python benchmarks/cpu_math.py --threads 2 --models vim_small --batch-size 8
 """
 from __future__ import annotations
 
@@ -20,8 +23,11 @@ import sys
 import time
 
 import torch
+from torch import nn
 
+import tokenred
 from tokenred.report import write_json
+from tokenred.timing import benchmark_interleaved, paired_ratio
 
 from _protocol import timing_environment
 from selective_scan import SHAPES
@@ -99,13 +105,57 @@ def alone(args) -> list:
     return rows
 
 
+class UnderRule(nn.Module):
+    """``model`` whose every forward runs with the scan exponentials that ``rule`` picks."""
+
+    def __init__(self, model: nn.Module, rule: str):
+        super().__init__()
+        self.model, self.rule = model, rule
+
+    def forward(self, x):
+        return under_rule(self.rule, lambda: self.model(x))()
+
+
+def whole_models(names: list, args) -> list:
+    """Each backbone under both rules (the same weights), and DeiT-S, timed interleaved."""
+    torch.manual_seed(0)
+    models = {"deit_small_patch16_224": tokenred.create_backbone("deit_small_patch16_224")}
+    for name in names:
+        model = tokenred.create_backbone(name, scan_backend="torch")
+        models.update({f"{name} ({rule})": UnderRule(model, rule) for rule in RULES})
+    res = benchmark_interleaved(models, 224, args.batch_size, "cpu", "float32", False,
+                                args.warmup, args.iters, args.model_rounds, args.threads)
+    deit = res["deit_small_patch16_224"]
+    rows = []
+    for name in names:
+        intel, other = res[f"{name} (intel_mkl)"], res[f"{name} (other)"]
+        row = {"model": name, "batch": args.batch_size, "deit_ms": deit.median_ms,
+               "median_ms": {"intel_mkl": intel.median_ms, "other": other.median_ms},
+               "paired_ratio": paired_ratio(other, intel),
+               "x_deit": {"intel_mkl": paired_ratio(intel, deit),
+                          "other": paired_ratio(other, deit)}}
+        rows.append(row)
+        print(f"{name + f' batch {args.batch_size}':<36} intel_mkl {intel.median_ms:8.2f} ms "
+              f"({row['x_deit']['intel_mkl']:.2f}x DeiT-S)  other {other.median_ms:8.2f} ms "
+              f"({row['x_deit']['other']:.2f}x)  other/intel_mkl {row['paired_ratio']:.2f}"
+              f"  (DeiT-S {deit.median_ms:.2f} ms)")
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--models", default="vmamba_tiny_s1l8,vim_small,medmamba_tiny",
+                        help="comma-separated backbones to time whole under either rule "
+                             "('' for none)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--model-rounds", type=int, default=10)
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
+    names = [m for m in args.models.split(",") if m]
     env = timing_environment(torch.device("cpu"), args.threads)
     print(f"the torch scan's exponentials by rule, batch {args.batch_size}, fp32, "
           f"{env['device_name']}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
@@ -125,6 +175,7 @@ def main() -> int:
             print(f"{label:<36} intel_mkl {row['median_ms']['intel_mkl']:8.2f} ms  other "
                   f"{row['median_ms']['other']:8.2f} ms  other/intel_mkl {row['paired_ratio']:.2f}"
                   f"  (outputs differ by {agree:.1e})")
+    rows += whole_models(names, args) if names else []
     if args.json:
         write_json(args.json, {"args": vars(args), "env": env, "rows": rows})
     return 0

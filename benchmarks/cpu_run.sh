@@ -65,7 +65,11 @@ run medmamba_old_vs_new_eighth_b8 1800 bash benchmarks/old_vs_new.sh d43502c med
 # ninth session (an Intel Xeon host): the torch scan's exponentials by machine (Intel with MKL: decays
 # by exp and torch's softplus; elsewhere exp2 and the pieces), and the models again on this host
 run cpu_math_ninth_b1 900 $PY benchmarks/cpu_math.py --threads 2 --json $R/cpu_math_ninth_b1.json
+run cpu_math_ninth_b8 1800 $PY benchmarks/cpu_math.py --threads 2 --batch-size 8 --rounds 9 --models vmamba_tiny_s1l8,medmamba_tiny --iters 10 --json $R/cpu_math_ninth_b8.json
 run scan_ninth_b1 900 $PY benchmarks/selective_scan.py --threads 2 --json $R/scan_ninth_b1.json
 run vmamba_vs_deit_ninth_b1 900 $PY benchmarks/vmamba_vs_deit.py --threads 2 --json $R/vmamba_vs_deit_ninth_b1.json
-run vmamba_vs_deit_ninth_b8 1800 $PY benchmarks/vmamba_vs_deit.py --threads 2 --batch-size 8 --reference no --json $R/vmamba_vs_deit_ninth_b8.json
 run vim_vs_deit_ninth_b1 900 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --reference no --json $R/vim_vs_deit_ninth_b1.json
+# repeats on the same host, for the spread (the host was noisy: DeiT-S at batch 1 took 51-68 ms)
+run scan_ninth_n16_run2 900 $PY benchmarks/selective_scan.py --threads 2 --only N16 --json $R/scan_ninth_n16_run2.json
+run scan_ninth_n16_run3 900 $PY benchmarks/selective_scan.py --threads 2 --only N16 --json $R/scan_ninth_n16_run3.json
+run vmamba_vs_deit_ninth_b1_run2 900 $PY benchmarks/vmamba_vs_deit.py --threads 2 --reference no --json $R/vmamba_vs_deit_ninth_b1_run2.json
