@@ -160,9 +160,11 @@ def _notes(df: pd.DataFrame) -> list[str]:
     if len(timed):
         env = timed.iloc[0]
         allocator = env.get("allocator")     # (absent or NaN in rows timed before it was kept)
+        math = env.get("scan_math")          # (likewise, before the scan's math was recorded)
         notes.append(f"Environment: {env['device_name']} ({env['device']}), {env['threads']} "
                      f"threads, torch {env['torch']}, timm {env['timm']}, tokenred "
-                     f"{env['tokenred']}, scan backend {env.get('scan_backend', '–')}, "
+                     f"{env['tokenred']}, scan backend {env.get('scan_backend', '–')}"
+                     f"{f' ({math})' if isinstance(math, str) else ''}, "
                      f"allocator: {allocator if isinstance(allocator, str) else 'not recorded'}. "
                      "GFLOPs are multiply-adds per image (fvcore/paper convention); speedup is "
                      "images/s over `none` on the same backbone, timed interleaved in one run; "

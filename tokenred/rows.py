@@ -15,7 +15,7 @@ COLUMNS = ["backbone", "method", "params", "match", "n_params", "gflops", "flop_
            "top1", "top5", "delta_top1", "delta_top1_ci_low", "delta_top1_ci_high", "mcnemar_p",
            "agreement", "kl", "eval_images", "eval_failed", "eval_subset", "timing_flags",
            "backbone_args", "batch_size", "input_size", "dtype", "device", "device_name",
-           "threads", "torch", "timm", "tokenred", "scan_backend", "allocator"]
+           "threads", "torch", "timm", "tokenred", "scan_backend", "scan_math", "allocator"]
 
 
 def make_row(backbone: str, method_text: str, batch_size: int, input_size: int,
@@ -42,6 +42,8 @@ def make_row(backbone: str, method_text: str, batch_size: int, input_size: int,
     for k in ("device", "device_name", "threads", "torch", "timm", "tokenred", "scan_backend",
               "allocator"):
         row[k] = env.get(k)
+    math = env.get("scan_math")          # (absent in rows timed before it was recorded)
+    row["scan_math"] = ", ".join(f"{k} {v}" for k, v in math.items()) if math else None
     for k in ("top1", "top5", "delta_top1", "delta_top1_ci_low", "delta_top1_ci_high",
               "mcnemar_p", "agreement", "kl", "eval_images", "eval_failed"):
         row[k] = ev.get(k)
