@@ -97,7 +97,8 @@ def alone(args) -> list:
                                         "exp2": lambda: torch.exp2(x, out=out)}),
                          ("softplus: torch, pieces", {"torch": softplus("intel_mkl"),
                                                       "pieces": softplus("other")})):
-        row = {"shape": f"{label} alone, {n} elements", **summary(alternating(calls, args.rounds, 20))}
+        row = {"shape": f"{label} alone, {n} elements",
+               **summary(alternating(calls, args.rounds, 20))}
         a, b = row["median_ms"]
         print(f"{label + ' alone, 256K':<36} {a} {row['median_ms'][a] * 1e3:7.1f} us  {b} "
               f"{row['median_ms'][b] * 1e3:7.1f} us  {b}/{a} {row['paired_ratio']:.2f}")
