@@ -39,6 +39,7 @@ from torch import nn
 
 from tokenred.checkpoint import CheckpointError
 from tokenred.kernels import check_backend, selective_scan
+from tokenred.kernels.fused import causal_conv1d_silu, causal_conv1d_silu_applies
 from tokenred.layers import drop_path_rates, imagenet_eval_config
 from tokenred.registry import register_backbone
 from tokenred.sites import (SequenceContext, SequenceState, SequenceTokens, Site,
@@ -104,7 +105,10 @@ class BiMambaMixer(nn.Module):
         """One direction on x, z [B, E, L] (already flipped for the backward one)."""
         length = x.shape[-1]
         conv = getattr(self, "conv1d" + suffix)
-        x = F.silu(conv(x)[..., :length])              # causal: left padding, keep the first L
+        if causal_conv1d_silu_applies(x, conv.weight, conv.bias):   # CPU inference
+            x = causal_conv1d_silu(x, conv.weight, conv.bias)        # (time-major storage)
+        else:
+            x = F.silu(conv(x)[..., :length])          # causal: left padding, keep the first L
         x_dbl = F.linear(x.transpose(1, 2), getattr(self, "x_proj" + suffix).weight)
         dt, b, c = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt_proj = getattr(self, "dt_proj" + suffix)

@@ -73,3 +73,9 @@ run vim_vs_deit_ninth_b1 900 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --
 run scan_ninth_n16_run2 900 $PY benchmarks/selective_scan.py --threads 2 --only N16 --json $R/scan_ninth_n16_run2.json
 run scan_ninth_n16_run3 900 $PY benchmarks/selective_scan.py --threads 2 --only N16 --json $R/scan_ninth_n16_run3.json
 run vmamba_vs_deit_ninth_b1_run2 900 $PY benchmarks/vmamba_vs_deit.py --threads 2 --reference no --json $R/vmamba_vs_deit_ninth_b1_run2.json
+# Vim's causal depthwise conv + SiLU as shifted multiply-adds on time-major storage (and, for
+# comparison, VMamba's fused MLP), each against the same model with the kernel off
+run fused_conv1d_vim_ninth_b1 900 $PY benchmarks/fused_kernels.py --threads 2 --json $R/fused_conv1d_vim_ninth_b1.json
+run fused_conv1d_vim_ninth_b8 1800 $PY benchmarks/fused_kernels.py --threads 2 --batch-size 8 --iters 10 --json $R/fused_conv1d_vim_ninth_b8.json
+run fused_mlp_vmamba_ninth_b1 900 $PY benchmarks/fused_kernels.py --threads 2 --model vmamba_tiny_s1l8 --kernel mlp --json $R/fused_mlp_vmamba_ninth_b1.json
+run vim_vs_deit_conv_ninth_b1 900 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --reference no --json $R/vim_vs_deit_conv_ninth_b1.json

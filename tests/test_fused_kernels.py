@@ -1,6 +1,8 @@
 """The fused CPU inference kernels outside the scan (``tokenred.kernels.fused``): the MLP's fc1 +
 GELU as one oneDNN call equals timm's MLP, and steps aside wherever gradients, traces, compiled
 graphs or FLOP counters must see the individual ops."""
+import importlib
+
 import pytest
 import torch
 from timm.layers import Mlp as TimmMlp
@@ -94,3 +96,60 @@ def test_vmamba_flops_count_the_mlp_as_before(monkeypatch):
     calls.clear()
     assert tokenred.count_flops(model, 64).gflops > 0
     assert calls == []                          # the counter saw fc1 and GELU as separate ops
+
+
+def reference_conv_silu(x, conv):
+    return torch.nn.functional.silu(conv(x)[..., :x.shape[-1]])
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 4, 197])
+@pytest.mark.parametrize("taps", [2, 4])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("layout", ["contiguous", "time_major_half"])
+def test_causal_conv1d_silu_equals_the_depthwise_conv(length, taps, bias, layout):
+    """Mamba's causal depthwise conv + SiLU as shifted multiply-adds: the conv's values (its
+    left padding, the first L outputs kept), any input strides, lengths shorter than the taps;
+    the result is a [B, E, L] view of time-major storage."""
+    torch.manual_seed(0)
+    channels = 12
+    conv = nn.Conv1d(channels, channels, taps, groups=channels, bias=bias, padding=taps - 1)
+    if layout == "contiguous":
+        x = torch.randn(3, channels, length)
+    else:        # Vim's x: half of in_proj's [B, L, 2E] output, seen as [B, E, L]
+        x = torch.randn(3, length, 2 * channels).transpose(1, 2)[:, :channels]
+    with torch.no_grad():
+        assert fused.causal_conv1d_silu_applies(x, conv.weight, conv.bias)
+        got = fused.causal_conv1d_silu(x, conv.weight, conv.bias)
+        want = reference_conv_silu(x, conv)
+    assert got.shape == want.shape and got.transpose(1, 2).is_contiguous()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_causal_conv1d_silu_steps_aside_where_the_ops_must_be_seen(monkeypatch):
+    """Gradients, FLOP counters and float64 take the conv; Vim's forward takes the kernel in CPU
+    inference only, and both give the same output; its FLOP count still has the conv."""
+    conv = nn.Conv1d(8, 8, 4, groups=8, padding=3)
+    x = torch.randn(2, 8, 10)
+    assert not fused.causal_conv1d_silu_applies(x, conv.weight, conv.bias)   # weights need grad
+    with torch.no_grad():
+        assert not fused.causal_conv1d_silu_applies(x.double(), conv.weight.double(),
+                                                    conv.bias.double())
+        with FlopCounterMode(display=False):
+            assert not fused.causal_conv1d_silu_applies(x, conv.weight, conv.bias)
+    vim_module = importlib.import_module("tokenred.backbones.vim")
+    calls = []
+    real = vim_module.causal_conv1d_silu
+    monkeypatch.setattr(vim_module, "causal_conv1d_silu",
+                        lambda *a: calls.append(a[0].shape) or real(*a))
+    model = tokenred.create_backbone("vim_tiny", depth=2, img_size=32, patch_size=16, stride=16,
+                                     num_classes=10, scan_backend="torch").eval()
+    image = torch.randn(2, 3, 32, 32)
+    plain = model(image)                                   # gradients recorded: the conv
+    assert calls == []
+    with torch.inference_mode():
+        fast = model(image)
+    assert len(calls) == 4                                 # 2 blocks x 2 directions
+    torch.testing.assert_close(fast, plain.detach(), rtol=1e-5, atol=1e-5)
+    calls.clear()
+    with_conv = tokenred.count_flops(model, 32).gflops
+    assert calls == [] and with_conv > 0

@@ -53,3 +53,35 @@ def linear_gelu(x: Tensor, weight: Tensor, bias: Optional[Tensor], approximate: 
     whole output and GELU then reads and writes it again: on VMamba-T's stage-0 MLP at batch 8
     those two passes take longer than the matmul. Same values up to float32 rounding."""
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu", [], approximate)
+
+
+def causal_conv1d_silu_applies(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
+    """Whether ``causal_conv1d_silu`` serves this call: float32 CPU tensors and
+    ``inference_kernel_allowed``."""
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    return (all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+            and inference_kernel_allowed(x, tensors[1:]))
+
+
+def causal_conv1d_silu(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """silu of Mamba's causal depthwise conv1d: x [B, E, L], weight [E, 1, K], bias [E]; the
+    same values as ``F.silu(F.conv1d(x, weight, bias, padding=K - 1, groups=E)[..., :L])`` up
+    to float32 rounding, as K shifted multiply-adds along time on time-major [B, L, E] storage
+    (returned as a [B, E, L] view of it). PyTorch's CPU depthwise conv1d runs a 768-channel,
+    197-step Vim-S layer in 350 us, for 0.6M multiply-adds; and its output is channel-major,
+    so x_proj and the scan then read it across strides or copy it."""
+    batch, channels, length = x.shape
+    taps = weight.shape[-1]
+    x_t = x.transpose(1, 2)                                       # [B, L, E], any strides
+    w = weight.reshape(channels, taps).t().contiguous()           # [K, E]: tap k, all channels
+    out = x.new_empty(batch, length, channels)
+    # conv1d is a cross-correlation: y_t = b + sum_k w_k x_{t + k - (K - 1)}, x_{<0} = 0
+    if bias is None:
+        torch.mul(x_t, w[taps - 1], out=out)
+    else:
+        torch.addcmul(bias, x_t, w[taps - 1], out=out)
+    for k in range(taps - 1):
+        shift = taps - 1 - k
+        if shift < length:
+            out[:, shift:].addcmul_(x_t[:, :length - shift], w[k])
+    return torch.nn.functional.silu(out, inplace=True).transpose(1, 2)
