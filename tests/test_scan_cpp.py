@@ -279,8 +279,10 @@ def test_process_default_reaches_models_that_pin_no_backend(monkeypatch):
     model = tokenred.create_backbone("vim_tiny", img_size=32, patch_size=8, stride=8,
                                      embed_dim=32, depth=1, num_classes=3)
     calls = []
-    real = scan_cpp.scan_cpp
-    monkeypatch.setattr(scan_cpp, "scan_cpp", lambda *a, **k: calls.append(1) or real(*a, **k))
+    for entry in ("scan_cpp", "scan_cpp_time_major"):    # (Vim's inference gives time-major u)
+        real = getattr(scan_cpp, entry)
+        monkeypatch.setattr(scan_cpp, entry,
+                            lambda *a, real=real, **k: calls.append(1) or real(*a, **k))
     previous = set_default_backend("cpp")
     try:
         with torch.no_grad():
