@@ -482,32 +482,29 @@ def _decay_rate(a: Tensor) -> Tensor:
     Where exp2 is the faster exponential this is A · log2(e), and the one extra rounding (of
     the [D, N] product) adds at most one float32 rounding of the exponent, i.e. < 3e-8
     absolute on a decay in (0, 1]."""
-    return a * _LOG2_E if _decays_by_exp2(a.device) else a
+    return a if _intel_mkl_math(a.device) else a * _LOG2_E
 
 
 def _decay_exp_(x: Tensor) -> Tensor:
-    """x ← exp(x / ``_decay_rate``'s scale) in place: exp2 or exp, whichever is faster here."""
-    return x.exp2_() if _decays_by_exp2(x.device) else x.exp_()
+    """x ← exp(x / ``_decay_rate``'s scale) in place: exp or exp2, whichever is faster here."""
+    return x.exp_() if _intel_mkl_math(x.device) else x.exp2_()
 
 
 def scan_math(device) -> dict:
     """How the ``torch`` scan computes its exponentials on ``device``: decays by "exp" or "exp2",
     the softplus by "torch" (torch's kernel) or "pieces" (``_softplus``'s own, piece by piece).
     Recorded with every timing, since it decides part of the scan's speed."""
-    device = torch.device(device)
-    return {"decays": "exp2" if _decays_by_exp2(device) else "exp",
-            "softplus": "torch" if _softplus_by_torch(device) else "pieces"}
+    intel_mkl = _intel_mkl_math(torch.device(device))
+    return {"decays": "exp" if intel_mkl else "exp2",
+            "softplus": "torch" if intel_mkl else "pieces"}
 
 
-def _decays_by_exp2(device: torch.device) -> bool:
-    """exp2 everywhere except on Intel CPUs whose exp is MKL's fast one. Decided by the machine,
-    never by a timing, so that a machine always computes the same decays."""
-    return device.type != "cpu" or not cpu_is_intel_with_mkl()
-
-
-def _softplus_by_torch(device: torch.device) -> bool:
-    """torch's softplus kernel on Intel CPUs with MKL, where it is the faster one; elsewhere
-    ``_softplus``'s own (on AMD CPUs torch's is 2.4x slower, its log1p at 9.5 ns an element)."""
+def _intel_mkl_math(device: torch.device) -> bool:
+    """Whether the scan's exponentials on ``device`` are the Intel-with-MKL pair (decays by
+    MKL's fast exp, torch's softplus kernel) rather than exp2 and the piecewise softplus (the
+    faster pair on AMD CPUs, where torch's softplus is 2.4x slower, its log1p at 9.5 ns an
+    element; and on GPUs). Decided by the machine, never by a timing, so that a machine always
+    computes the same decays."""
     return device.type == "cpu" and cpu_is_intel_with_mkl()
 
 
@@ -550,13 +547,13 @@ def _softplus(x: Tensor, inplace: bool = False) -> Tensor:
     denormal, above 20 it rounds to x, torch's threshold), and 2.4x faster than F.softplus on
     AMD CPUs, where torch's log1p is slow (9.5 ns an element). log1p(z) is
     log(u) + (z - (u - 1)) / u with u = 1 + z rounded: z - (u - 1) is exactly the rounding
-    error of 1 + z. The plain
-    log(1 + e^x) loses that error: Mamba's small steps (softplus 1e-3, x near -7) then carry a
-    relative error of 1e-4, and the scan's output ten times float32's (measured).
+    error of 1 + z. The plain log(1 + e^x) loses that error: Mamba's small steps (softplus
+    1e-3, x near -7) then carry a relative error of 1e-4, and the scan's output ten times
+    float32's (measured).
     ``inplace`` overwrites ``x``; otherwise the result is a new tensor in ``x``'s layout.
-    Where torch's own softplus is the faster one (``_softplus_by_torch``), that runs instead:
-    it is as precise (log1p of e^x, 1.2e-7)."""
-    if _softplus_by_torch(x.device):
+    Where torch's own softplus is the faster one (``_intel_mkl_math``), that runs instead: it
+    is as precise (log1p of e^x, 1.2e-7)."""
+    if _intel_mkl_math(x.device):
         return torch.ops.aten.softplus.out(x, 1, 20, out=x) if inplace else F.softplus(x)
     out = x if inplace else x.clone()   # a clone is dense, in x's dimension order
     # elementwise: any dense tensor is processed in its memory order, without a layout change
