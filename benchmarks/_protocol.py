@@ -3,10 +3,12 @@ and resolves them the same way (imported by the scripts beside it: ``python benc
 from __future__ import annotations
 
 import argparse
+import contextlib
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
+from torch import nn
 
 import tokenred
 from tokenred.timing import environment, keep_freed_memory
@@ -66,3 +68,27 @@ def timing_environment(device: torch.device, threads: Optional[int]) -> dict:
     if threads:
         torch.set_num_threads(threads)
     return environment(device, torch.float32, False)
+
+
+@contextlib.contextmanager
+def attribute_replaced(owner: Any, name: str, value: Any):
+    """``owner.name`` set to ``value`` while the block runs (a module's rule, to time a model or
+    a kernel with and without what it decides, side by side in one process)."""
+    saved = getattr(owner, name)
+    setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        setattr(owner, name, saved)
+
+
+class WithAttribute(nn.Module):
+    """``model`` whose every forward runs with ``owner.name`` replaced by ``value``."""
+
+    def __init__(self, model: nn.Module, owner: Any, name: str, value: Any):
+        super().__init__()
+        self.model, self.owner, self.name, self.value = model, owner, name, value
+
+    def forward(self, x):
+        with attribute_replaced(self.owner, self.name, self.value):
+            return self.model(x)

@@ -23,13 +23,12 @@ import sys
 import time
 
 import torch
-from torch import nn
 
 import tokenred
 from tokenred.report import write_json
 from tokenred.timing import benchmark_interleaved, paired_ratio
 
-from _protocol import timing_environment
+from _protocol import WithAttribute, attribute_replaced, timing_environment
 from selective_scan import SHAPES
 
 scan_module = importlib.import_module("tokenred.kernels.selective_scan")
@@ -52,15 +51,16 @@ def time_major_inputs(batch: int, dim: int, n: int, length: int, groups: int) ->
 RULES = ("intel_mkl", "other")
 
 
+def rule_answer(rule: str):
+    """A stand-in for ``cpu_is_intel_with_mkl`` that answers as ``rule`` would."""
+    return lambda: rule == "intel_mkl"
+
+
 def under_rule(rule: str, fn):
     """``fn`` run with the scan's exponentials that ``rule`` picks."""
     def run():
-        saved = scan_module.cpu_is_intel_with_mkl
-        scan_module.cpu_is_intel_with_mkl = lambda: rule == "intel_mkl"
-        try:
+        with attribute_replaced(scan_module, "cpu_is_intel_with_mkl", rule_answer(rule)):
             return fn()
-        finally:
-            scan_module.cpu_is_intel_with_mkl = saved
     return run
 
 
@@ -106,24 +106,16 @@ def alone(args) -> list:
     return rows
 
 
-class UnderRule(nn.Module):
-    """``model`` whose every forward runs with the scan exponentials that ``rule`` picks."""
-
-    def __init__(self, model: nn.Module, rule: str):
-        super().__init__()
-        self.model, self.rule = model, rule
-
-    def forward(self, x):
-        return under_rule(self.rule, lambda: self.model(x))()
-
-
 def whole_models(names: list, args) -> list:
     """Each backbone under both rules (the same weights), and DeiT-S, timed interleaved."""
     torch.manual_seed(0)
     models = {"deit_small_patch16_224": tokenred.create_backbone("deit_small_patch16_224")}
     for name in names:
         model = tokenred.create_backbone(name, scan_backend="torch")
-        models.update({f"{name} ({rule})": UnderRule(model, rule) for rule in RULES})
+        models.update({f"{name} ({rule})": WithAttribute(model, scan_module,
+                                                          "cpu_is_intel_with_mkl",
+                                                          rule_answer(rule))
+                       for rule in RULES})
     res = benchmark_interleaved(models, 224, args.batch_size, "cpu", "float32", False,
                                 args.warmup, args.iters, args.model_rounds, args.threads)
     deit = res["deit_small_patch16_224"]

@@ -16,37 +16,19 @@ import importlib
 import sys
 
 import torch
-from torch import nn
 
 import tokenred
 from tokenred.kernels import scan_cpp
 from tokenred.report import write_json
 from tokenred.timing import benchmark_interleaved, paired_ratio
 
-from _protocol import TimingDefaults
+from _protocol import TimingDefaults, WithAttribute
 
 PROTOCOL = TimingDefaults(cpu_batch=1, cuda_batch=128, cpu_warmup=3, cpu_iters=20, rounds=10)
 
 #: kernel name -> (module, the name of its "applies" rule there)
 KERNELS = {"conv1d": ("tokenred.backbones.vim", "causal_conv1d_silu_applies"),
            "mlp": ("tokenred.layers.mlp", "linear_gelu_applies")}
-
-
-class KernelOff(nn.Module):
-    """``model`` whose forwards run with one fused kernel's rule answering "no"."""
-
-    def __init__(self, model: nn.Module, kernel: str):
-        super().__init__()
-        self.model = model
-        self.module, self.rule = importlib.import_module(KERNELS[kernel][0]), KERNELS[kernel][1]
-
-    def forward(self, x):
-        real = getattr(self.module, self.rule)
-        setattr(self.module, self.rule, lambda *args: False)
-        try:
-            return self.model(x)
-        finally:
-            setattr(self.module, self.rule, real)
 
 
 def main() -> int:
@@ -58,12 +40,15 @@ def main() -> int:
         parser.error("--device: the fused kernels serve CPU inference only; use cpu")
     _, batch, warmup, iters = PROTOCOL.resolve(args)
     backends = ["torch"] + (["cpp"] if scan_cpp.available() else [])
+    module, rule = KERNELS[args.kernel]              # off: the kernel's rule answers no
+    owner = importlib.import_module(module)
     torch.manual_seed(0)
     models = {}
     for backend in backends:
         model = tokenred.create_backbone(args.model, scan_backend=backend).eval()
         models[f"{backend}, {args.kernel} on"] = model
-        models[f"{backend}, {args.kernel} off"] = KernelOff(model, args.kernel)
+        models[f"{backend}, {args.kernel} off"] = WithAttribute(model, owner, rule,
+                                                                lambda *_: False)
     res = benchmark_interleaved(models, 224, batch, "cpu", args.dtype, False, warmup, iters,
                                 args.rounds, args.threads)
     env = next(iter(res.values())).env
