@@ -169,3 +169,31 @@ def test_an_old_search_directory_resumes_without_evaluating(tmp_path, counted):
     recommended = (source / "search.md").read_text()
     assert f"`{result.recommended}`" in recommended
     assert result.held_out["images"] == result.splits["held_out"]["images"] > 0
+
+
+def test_a_change_of_scan_backend_retimes_ssms_only(tmp_path, counted):
+    """The scan backend decides an SSM's timing, not a ViT's: after the default changes (as
+    auto's did, torch -> cpp on CPU), a resumed comparison times VMamba again and reuses the
+    ViT's timing."""
+    from tokenred.kernels import set_default_backend
+
+    backbones = ["vit_tiny_patch16_224", "vmamba_tiny_s1l8"]
+    kwargs = {"vit_tiny_patch16_224": dict(patch_size=8, embed_dim=48, depth=2, num_heads=3),
+              "vmamba_tiny_s1l8": dict(depths=(1, 1, 2, 1), dims=16)}
+    settings = dict(input_size=64, batch_size=1, warmup=0, iters=1, rounds=1,
+                    backbone_kwargs=kwargs, store=str(tmp_path))
+    previous = set_default_backend("reference")
+    try:
+        first = tokenred.compare(backbones, ["none"], **settings)
+        assert counted.count("benchmark_interleaved") == 2
+        del counted[:]
+        set_default_backend("torch")
+        again = tokenred.compare(backbones, ["none"], **settings)
+    finally:
+        set_default_backend(previous)
+    assert counted == ["benchmark_interleaved"]            # VMamba's, under its new backend
+    vit = lambda df: df[df["backbone"] == "vit_tiny_patch16_224"]["images_per_s"].tolist()  # noqa: E731
+    assert vit(again) == vit(first)                         # the ViT's stored timing, reused
+    # each row names the environment it was timed in
+    assert dict(zip(again["backbone"], again["scan_backend"])) == {
+        "vit_tiny_patch16_224": "reference", "vmamba_tiny_s1l8": "torch"}

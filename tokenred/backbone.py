@@ -50,6 +50,12 @@ def create_backbone(name: str, pretrained: bool = False, checkpoint: Optional[st
     return model.eval()
 
 
+def runs_selective_scan(model: nn.Module) -> bool:
+    """Whether ``model`` runs a selective scan: every SSM backbone exposes
+    ``set_scan_backend(name)`` to pin its scan's backend, and a model without one has none."""
+    return callable(getattr(model, "set_scan_backend", None))
+
+
 def default_input_size(name: str, **kwargs: Any) -> int:
     """The input resolution a backbone is made for (its data config's ``input_size``; 224 when it
     declares none), found without allocating weights (built on the meta device)."""

@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 import pandas as pd
 import torch
 
+from .backbone import runs_selective_scan
 from .evaluate import distributed_rank_world, scan_folder
 from .kernels import resolve_backend
 from .measure import (NOT_SUPPORTED, BackbonePlan, Keys, Plan, Prepared, Protocol,
@@ -210,9 +211,10 @@ def _checked_settings(backbones, methods, device, batch_size, input_size, dtype,
     kwargs_of = _kwargs_per_backbone(backbone_kwargs, backbone_names)
     pretrained_of = _pretrained_per_backbone(pretrained, backbone_names)
     size_of = {b: backbone_input_size(b, kwargs_of[b], input_size) for b in backbone_names}
-    for b in backbone_names:
-        preflight(b, kwargs_of[b], size_of[b],
-                  [(s.text, s.params["where"]) for s in specs if "where" in s.params])
+    scans = {b: runs_selective_scan(preflight(b, kwargs_of[b], size_of[b],
+                                              [(s.text, s.params["where"]) for s in specs
+                                               if "where" in s.params]))
+             for b in backbone_names}
     if num_workers < 0:
         raise ParameterError(f"num_workers={num_workers}: give 0 or more")
     folders = _per_backbone(data, backbone_names, None)
@@ -220,7 +222,8 @@ def _checked_settings(backbones, methods, device, batch_size, input_size, dtype,
     entries = [_Entry(b, pretrained_of[b], checkpoints.get(b), kwargs_of[b],
                       Keys(b, size_of[b], weights_identity(b, seed, pretrained_of[b],
                                                            checkpoints.get(b), kwargs_of[b]),
-                           protocol, scanned[folders[b]] if folders[b] else None))
+                           protocol, scanned[folders[b]] if folders[b] else None,
+                           scans=scans[b]))
                for b in backbone_names]
     return specs, entries, _match_targets(match)
 

@@ -59,9 +59,16 @@ class Protocol:
     def dtype_text(self) -> str:
         return str(self.dtype).replace("torch.", "") + ("+amp" if self.amp else "")
 
-    def timing(self) -> dict:
+    def scan_of(self, scans: bool) -> str:
+        """The scan backend in a timing's key: the one that runs, for a backbone with a selective
+        scan; for one without (a ViT) it decides nothing, and its keys keep the "torch" every
+        one of them has carried (so a change of the default backend re-times only SSMs)."""
+        return self.scan if scans else "torch"
+
+    def timing(self, scans: bool = True) -> dict:
         doc = {"warmup": self.warmup, "iters": self.iters, "rounds": self.rounds,
-               "threads": self.threads, "scan_backend": self.scan, "compile": self.compile}
+               "threads": self.threads, "scan_backend": self.scan_of(scans),
+               "compile": self.compile}
         # the allocator decides timings too (timing.keep_freed_memory): with freed memory kept,
         # timings stored before that setting existed (the C library's defaults) are measured
         # again, not mixed with new ones; without it, they are found as before
@@ -106,11 +113,12 @@ class Keys:
     protocol: Protocol
     images: Optional[ImageList] = None
     search: Optional[str] = None
+    scans: bool = True          # the backbone runs a selective scan (its timing: the backend's)
 
     def protocol_of(self, kind: str) -> Optional[dict]:
         """What decides ``kind`` beyond the weights (a speed match depends on timing too)."""
         if kind in ("timing", "match"):
-            part = self.protocol.timing()
+            part = self.protocol.timing(self.scans)
         elif kind == "eval":
             part = {"data": self.images.digest, "subset": self.images.subset,
                     "transform": self.protocol.transform_overrides}
@@ -141,8 +149,8 @@ class Keys:
         if kind in ("timing", "match"):
             timing = {"warmup": p.warmup, "iters": p.iters, "rounds": p.rounds,
                       "threads": p.threads}
-            if p.scan != "torch":
-                timing["scan_backend"] = p.scan
+            if p.scan_of(self.scans) != "torch":
+                timing["scan_backend"] = p.scan_of(self.scans)
             if p.compile:
                 timing["compile"] = True
             variant = weights + json.dumps(timing)

@@ -47,6 +47,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import pandas as pd
 import torch
 
+from .backbone import runs_selective_scan
 from .evaluate import DataError, ImageList, scan_folder
 from .kernels import resolve_backend
 from .match import parse_target
@@ -301,7 +302,7 @@ def search(backbone: str, method: str, data: str, *,
     db = ResultsStore.in_run_dir(store) if isinstance(store, str) else (store or ResultsStore())
     try:
         keys = Keys(bname, size, weights_identity(bname, 0, pretrained, checkpoint, kwargs),
-                    protocol, calib, search="calibration")
+                    protocol, calib, search="calibration", scans=runs_selective_scan(model))
         meter = _Measurer(model, name, params, rate_name, grid, keys, db, kwargs, report)
         blocks = [s.block for s in sites]
         sensitivity = _sensitivity(meter, blocks, grid)

@@ -96,9 +96,10 @@ def backbone_input_size(backbone: str, kwargs: Mapping[str, Any], input_size: An
 
 
 def preflight(backbone: str, kwargs: Mapping[str, Any], input_size: int,
-              selections: Sequence[tuple[str, Any]]) -> None:
+              selections: Sequence[tuple[str, Any]]) -> "torch.nn.Module":
     """Build ``backbone`` on the meta device with ``kwargs``, run one forward at ``input_size``
-    and resolve every ``(method text, where)`` selection against its sites."""
+    and resolve every ``(method text, where)`` selection against its sites; returns the meta
+    model (what it is, without its weights)."""
     import torch
 
     from .backbone import create_backbone
@@ -135,3 +136,4 @@ def preflight(backbone: str, kwargs: Mapping[str, Any], input_size: int,
         if not chosen:
             raise ParameterError(f"{text} on {backbone}: where={where!r} selects no site; its "
                                  f"sites are {sites[0].name} ... {sites[-1].name}")
+    return model

@@ -38,6 +38,7 @@ sys.path.insert(0, ROOT)
 
 import tokenred  # noqa: E402
 from tokenred import reference  # noqa: E402
+from tokenred.backbone import runs_selective_scan  # noqa: E402
 from tokenred.evaluate import eval_transform, scan_folder  # noqa: E402
 
 #: test images whose predictions the card records (the tests re-check them offline)
@@ -139,7 +140,7 @@ def main(argv=None) -> int:
     kwargs = {"drop_path_rate": args.drop_path}
     model = reference.build(spec, **kwargs)
     if args.scan_backend is not None:
-        if not hasattr(model, "set_scan_backend"):
+        if not runs_selective_scan(model):
             p.error(f"--scan-backend: {spec.name} has no selective scan")
         model.set_scan_backend(args.scan_backend)
     init_card = None
