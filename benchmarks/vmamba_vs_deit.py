@@ -4,7 +4,8 @@ each, timed side by side in one run.
 The two have about the same FLOPs (4.91 vs 4.61 GMACs); the official VMamba runs only with custom
 CUDA kernels and its CPU fallback (a sequential scan loop) took 10.8x a DeiT-S forward on a quiet
 2-core machine. Here: DeiT-S, VMamba-T with the ``torch`` scan backend, and (CPU, by default)
-VMamba-T with the ``cpp`` scan, with the ``reference`` sequential loop, which follows the official
+VMamba-T with the ``cpp`` scan (``auto``'s choice on CPU where it builds: the header line names
+the default), with the ``reference`` sequential loop, which follows the official
 fallback's pattern, and a control: DeiT-S with the fused MLP VMamba's CPU inference uses (so the
 gain that fusion would give a ViT too is visible, not hidden in the ratio).
 Everything around the scan (LayerNorms, projections, depthwise conv, layout changes) counts.
@@ -81,7 +82,8 @@ def main() -> int:
     env = res["deit_small_patch16_224"].env
     print(f"batch {batch}, {env['dtype']}{'+amp' if args.amp else ''}, {env['device_name']} "
           f"({env['device']}), {env['threads']} threads, torch {env['torch']}, {iters} timed "
-          f"forwards in {args.rounds} interleaved rounds")
+          f"forwards in {args.rounds} interleaved rounds; the default scan backend here "
+          f"(auto): {env['scan_backend']}")
     deit = res["deit_small_patch16_224"]
     print(f"{'model':<40} {'median ms':>10} {'IQR ms':>8} {'img/s':>9} {'x DeiT-S':>9} {'paired':>7}")
     ratios = {}

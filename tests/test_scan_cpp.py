@@ -275,7 +275,8 @@ def test_backbones_give_the_same_logits_and_gradients_on_cpp(name, kwargs):
         assert rel_err(got, want.double()) < 1e-3
 
 
-def test_process_default_reaches_models_that_pin_no_backend(monkeypatch):
+@pytest.mark.parametrize("default", ["cpp", "torch", "auto"])
+def test_process_default_reaches_models_that_pin_no_backend(monkeypatch, default):
     model = tokenred.create_backbone("vim_tiny", img_size=32, patch_size=8, stride=8,
                                      embed_dim=32, depth=1, num_classes=3)
     calls = []
@@ -283,10 +284,26 @@ def test_process_default_reaches_models_that_pin_no_backend(monkeypatch):
         real = getattr(scan_cpp, entry)
         monkeypatch.setattr(scan_cpp, entry,
                             lambda *a, real=real, **k: calls.append(1) or real(*a, **k))
-    previous = set_default_backend("cpp")
+    previous = set_default_backend(default)
     try:
         with torch.no_grad():
             model(torch.randn(1, 3, 32, 32))
     finally:
         set_default_backend(previous)
-    assert calls, "a model built without scan_backend ignored the process default"
+    # (auto takes cpp on CPU where it builds, as it does here)
+    assert bool(calls) == (default != "torch"), f"default {default!r}: {len(calls)} cpp calls"
+
+
+def test_auto_takes_cpp_on_cpu_only_while_it_agrees_with_torch(monkeypatch):
+    from tokenred.kernels import auto_check
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(auto_check, "_verdicts", {})
+    assert resolve_backend("auto", cpu) == "cpp"
+    monkeypatch.setattr(auto_check, "_verdicts", {})
+    monkeypatch.setattr(scan_cpp, "scan_cpp_time_major", lambda u, *a, **k: torch.zeros_like(u))
+    with pytest.warns(RuntimeWarning, match=r"the compiled 'cpp' selective scan does not work on "
+                                            r"cpu \(its time-major kernel: it differs from the "
+                                            r"torch backend by 1.0e\+00\); the 'auto' scan "
+                                            r"backend uses 'torch' there"):
+        assert resolve_backend("auto", cpu) == "torch"

@@ -24,10 +24,10 @@ def test_the_kernel_under_triton_s_interpreter():
     assert "skipped" not in run.stdout and " passed" in run.stdout, run.stdout[-3000:]
 
 
-def test_triton_is_refused_on_cpu_and_auto_stays_torch():
+def test_triton_is_refused_on_cpu_and_auto_never_picks_it_there():
     with pytest.raises(ScanBackendError, match="'triton' runs on CUDA tensors only"):
         resolve_backend("triton", torch.device("cpu"))
-    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    assert resolve_backend("auto", torch.device("cpu")) in ("cpp", "torch")
 
 
 @pytest.mark.gpu

@@ -1,5 +1,7 @@
 """The selective scan: every backend against a float64 sequential evaluation, the custom op's FLOP
 rules in both counters, backend selection and argument errors."""
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -7,6 +9,7 @@ from torch import nn
 import tokenred
 from tokenred.kernels import (ScanBackendError, resolve_backend, scan_macs, scan_reference,
                               scan_torch, scan_torch_autograd, selective_scan, set_default_backend)
+from tokenred.kernels import scan_cpp
 import importlib
 ss_module = importlib.import_module("tokenred.kernels.selective_scan")
 
@@ -361,7 +364,6 @@ def test_the_op_keeps_the_layout_its_fake_promises(time_major):
     """torch.compile traces the op with its fake and asserts the real output's strides: a fake
     that said "contiguous" for the torch scan's time-major output made every SSM backbone fail to
     compile. opcheck compares fake and real metadata, strides included."""
-    from tokenred.kernels import scan_cpp
     from tokenred.kernels.selective_scan import _selective_scan_op
 
     batch, dim, length, n = 2, 8, 16, 4
@@ -383,12 +385,33 @@ def test_backend_errors_are_clear():
         selective_scan(**inputs, backend="cuda_magic")
     with pytest.raises(ScanBackendError, match="CUDA tensors only"):
         selective_scan(**inputs, backend="mamba_ssm")
-    assert resolve_backend(None, torch.device("cpu")) == "torch"
+    assert resolve_backend(None, torch.device("cpu")) == ("cpp" if scan_cpp.works() else "torch")
     previous = set_default_backend("reference")
     try:
         assert resolve_backend(None, torch.device("cpu")) == "reference"
     finally:
         set_default_backend(previous)
+
+
+def test_auto_on_cpu_falls_back_to_torch_with_one_warning_when_cpp_does_not_build(monkeypatch):
+    from tokenred.kernels import auto_check
+
+    def no_compiler():
+        raise RuntimeError("the 'cpp' scan backend could not be built here (no c++)")
+    monkeypatch.setattr(auto_check, "_verdicts", {})
+    monkeypatch.setattr(scan_cpp, "load", no_compiler)
+    cpu = torch.device("cpu")
+    with pytest.warns(RuntimeWarning, match=r"the compiled 'cpp' selective scan does not work on "
+                                            r"cpu \(RuntimeError: the 'cpp' scan backend could not "
+                                            r"be built here \(no c\+\+\)\); the 'auto' scan "
+                                            r"backend uses 'torch' there"):
+        assert resolve_backend("auto", cpu) == "torch"
+    inputs = make_inputs(1, 4, 16, 9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # decided once: no second warning
+        assert resolve_backend(None, cpu) == "torch"
+        with torch.no_grad():
+            torch.testing.assert_close(selective_scan(**inputs), scan_torch(**inputs))
 
 
 @pytest.mark.parametrize("bad, message", [

@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 
+from tokenred.kernels import auto_check
 from tokenred.kernels import scan_reference, scan_torch
 from tokenred.kernels import selective_scan as public_scan
 from test_selective_scan import float64, inputs_with_bc_form, make_inputs, rel_err, with_small_steps
@@ -104,12 +105,12 @@ def test_auto_checks_the_kernel_once_and_falls_back_with_a_warning(interpreted, 
             return func(*args, **(kwargs or {}))
 
     cpu = torch.device("cpu")
-    monkeypatch.setattr(interpreted, "_checked", {})
+    monkeypatch.setattr(auto_check, "_verdicts", {})
     with Recorder() as seen:
         assert interpreted.works_on(cpu)        # the interpreter's kernel agrees with torch
         torch.ones(2).add_(1)                   # (the mode records this thread's ops)
     assert seen.ops == [torch.ops.aten.ones.default, torch.ops.aten.add_.Tensor], seen.ops[:5]
-    monkeypatch.setattr(interpreted, "_checked", {})
+    monkeypatch.setattr(auto_check, "_verdicts", {})
 
     def broken(*args, **kwargs):
         raise RuntimeError("PTX assembly failed\nsecond line")

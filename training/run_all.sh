@@ -18,22 +18,25 @@ T=training/train_reference.py
 W=tokenred/weights
 L=training/logs
 mkdir -p $L
+# the VMamba and MedMamba runs below ran the torch scan (auto's choice on CPU then; auto now takes
+# the compiled cpp scan where it builds): pinned so that the recipe is the one that ran
+TORCH_SCAN="--scan-backend torch"
 
 first_stages_a() {
   $PY $T --model deit_tiny_cifar10 --data $DATA/cifar10 --epochs 5 --time-budget 4200 > $L/deit_tiny_cifar10.log 2>&1
-  $PY $T --model vmamba_tiny_pbc64 --data $DATA/pbc64 --epochs 8 --time-budget 1800 > $L/vmamba_tiny_pbc64.log 2>&1
+  $PY $T $TORCH_SCAN --model vmamba_tiny_pbc64 --data $DATA/pbc64 --epochs 8 --time-budget 1800 > $L/vmamba_tiny_pbc64.log 2>&1
 }
 first_stages_b() {
-  $PY $T --model vmamba_tiny_cifar10 --data $DATA/cifar10 --epochs 4 --time-budget 3300 > $L/vmamba_tiny_cifar10.log 2>&1
+  $PY $T $TORCH_SCAN --model vmamba_tiny_cifar10 --data $DATA/cifar10 --epochs 4 --time-budget 3300 > $L/vmamba_tiny_cifar10.log 2>&1
   $PY $T --model deit_tiny_pbc64 --data $DATA/pbc64 --epochs 8 --time-budget 1800 > $L/deit_tiny_pbc64.log 2>&1
 }
 first_stages_c() {
-  $PY $T --model medmamba_tiny_pbc64 --data $DATA/pbc64 --epochs 4 --time-budget 2700 > $L/medmamba_tiny_pbc64.log 2>&1
+  $PY $T $TORCH_SCAN --model medmamba_tiny_pbc64 --data $DATA/pbc64 --epochs 4 --time-budget 2700 > $L/medmamba_tiny_pbc64.log 2>&1
 }
 second_stages() {
   $PY $T --model deit_tiny_cifar10 --data $DATA/cifar10 --epochs 2 --lr 5e-4 --warmup-epochs 0 \
     --time-budget 2400 --init $W/deit_tiny_cifar10.safetensors > $L/deit_tiny_cifar10.stage2.log 2>&1 &
-  $PY $T --model vmamba_tiny_cifar10 --data $DATA/cifar10 --epochs 1 --lr 3e-4 --warmup-epochs 0 \
+  $PY $T $TORCH_SCAN --model vmamba_tiny_cifar10 --data $DATA/cifar10 --epochs 1 --lr 3e-4 --warmup-epochs 0 \
     --init $W/vmamba_tiny_cifar10.safetensors > $L/vmamba_tiny_cifar10.stage2.log 2>&1 &
   wait
 }
@@ -44,7 +47,7 @@ third_stages() {
   $PY $T --model deit_tiny_cifar10 --data $DATA/cifar10 --epochs 3 --lr 4e-4 --warmup-epochs 0 \
     --seed 1 --time-budget 3600 --init $W/deit_tiny_cifar10.safetensors \
     > $L/deit_tiny_cifar10.stage3.log 2>&1 &
-  $PY $T --model vmamba_tiny_cifar10 --data $DATA/cifar10 --epochs 2 --lr 3e-4 --warmup-epochs 0 \
+  $PY $T $TORCH_SCAN --model vmamba_tiny_cifar10 --data $DATA/cifar10 --epochs 2 --lr 3e-4 --warmup-epochs 0 \
     --seed 1 --time-budget 3600 --init $W/vmamba_tiny_cifar10.safetensors \
     > $L/vmamba_tiny_cifar10.stage3.log 2>&1 &
   wait

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from . import auto_check
 from .fused import inference_kernel_allowed, needs_grad
 from .selective_scan import _softplus, is_time_major
 
@@ -68,7 +69,9 @@ def load():
             try:
                 from torch.utils.cpp_extension import load as load_extension
 
-                _module = load_extension(_build_name(), [_SOURCE], extra_cflags=list(_CFLAGS),
+                name = _build_name()
+                _note_a_first_build(name)
+                _module = load_extension(name, [_SOURCE], extra_cflags=list(_CFLAGS),
                                          verbose=False)
             except Exception as exc:  # no compiler, no ninja, a failed build
                 _error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
@@ -80,11 +83,49 @@ def load():
     return _module
 
 
+def _note_a_first_build(name: str) -> None:
+    """One line on stderr before a build (not before loading a cached one): the first use on a
+    machine pauses for it."""
+    import sys
+
+    try:
+        from torch.utils.cpp_extension import _get_build_directory   # (private: best effort)
+        built = os.path.exists(os.path.join(_get_build_directory(name, False), name + ".so"))
+    except Exception:
+        return
+    if not built:
+        print("tokenred: building the compiled CPU selective scan (scan backend 'cpp'), once per "
+              "machine, ~30 s; --scan-backend torch runs without it", file=sys.stderr, flush=True)
+
+
 def available() -> bool:
     try:
         load()
     except RuntimeError:
         return False
+    return True
+
+
+def works() -> bool:
+    """Whether ``auto`` may pick this backend on CPU: it builds here and its kernels agree with
+    the ``torch`` backend on a small scan (``auto_check``: once per process; a failure warns once
+    and ``auto`` uses ``torch``)."""
+    return auto_check.verified("compiled 'cpp'", torch.device("cpu"), _check)
+
+
+def _check():
+    """True, or why not: the plain and the time-major kernel against ``torch`` on a small scan."""
+    from .selective_scan import scan_torch
+
+    args = auto_check.small_scan_inputs()
+    expect = scan_torch(**args, delta_softplus=True)
+    time_major = dict(args, **{k: args[k].permute(2, 0, 1).contiguous().permute(1, 2, 0)
+                               for k in ("u", "delta")})
+    for kernel, scan, inputs in (("plain", scan_cpp, args),
+                                 ("time-major", scan_cpp_time_major, time_major)):
+        verdict = auto_check.agreement(scan(**inputs, delta_softplus=True), expect)
+        if verdict is not True:
+            return f"its {kernel} kernel: {verdict}"
     return True
 
 

@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import contextlib
 import math
-import threading
 from typing import Optional
 
 import torch
 from torch import Tensor
+
+from . import auto_check
 
 try:
     import triton
@@ -56,57 +57,21 @@ def interpreting() -> bool:
     return triton is not None and bool(triton.knobs.runtime.interpret)
 
 
-_checked: dict = {}
-
-
-@torch.compiler.disable   # a one-time check with real tensors: never part of a compiled graph
 def works_on(device: torch.device) -> bool:
     """Whether ``auto`` may pick this kernel on ``device``: Triton is importable, and the kernel
-    compiles there and matches the ``torch`` backend on a small gated d_state-16 scan. This is
-    checked once per device and process. A failure warns once, naming the error, and ``auto``
-    then uses ``torch``.
-
-    The check runs in a thread of its own: dispatch modes (the FLOP counters), jit traces and
-    autocast are per thread, so none of the caller's sees the check's tensors."""
-    if triton is None:
-        return False
-    key = str(device)
-    if key not in _checked:
-        verdict: dict = {}
-        worker = threading.Thread(target=lambda: verdict.update(result=_check(device)))
-        worker.start()
-        worker.join()
-        _checked[key] = verdict.get("result", "the check did not finish")
-        if _checked[key] is not True:
-            import warnings
-            warnings.warn(f"tokenred: the Triton selective scan does not work on {key} "
-                          f"({_checked[key]}); the 'auto' scan backend uses 'torch' there",
-                          RuntimeWarning, stacklevel=3)
-    return _checked[key] is True
+    compiles there and matches the ``torch`` backend on a small scan (``auto_check``: once per
+    device and process; a failure warns once and ``auto`` uses ``torch``)."""
+    return triton is not None and auto_check.verified("Triton", device, lambda: _check(device))
 
 
 def _check(device: torch.device):
     """True, or why not: the kernel against the ``torch`` backend on a small scan."""
     from .selective_scan import scan_torch   # (imported here: that module imports this one)
 
-    g = torch.Generator().manual_seed(0)
-    batch, dim, n, length = 2, 8, 16, 37
-    args = dict(u=torch.randn(batch, dim, length, generator=g),
-                delta=torch.randn(batch, dim, length, generator=g),
-                A=-torch.rand(dim, n, generator=g) - 0.5,
-                B=torch.randn(batch, 2, n, length, generator=g),
-                C=torch.randn(batch, 2, n, length, generator=g),
-                D=torch.randn(dim, generator=g), z=torch.randn(batch, dim, length, generator=g),
-                delta_bias=torch.randn(dim, generator=g))
-    try:
-        with torch.no_grad():
-            expect = scan_torch(**args, delta_softplus=True)
-            on_device = {k: v.to(device) for k, v in args.items()}
-            got = scan_triton(**on_device, delta_softplus=True).cpu()
-    except Exception as exc:   # a compile or launch failure: any kind, reported by the caller
-        return f"{type(exc).__name__}: {exc}".splitlines()[0]
-    err = ((got - expect).abs().max() / expect.abs().max()).item()
-    return True if err < 1e-4 else f"it differs from the torch backend by {err:.1e}"
+    args = auto_check.small_scan_inputs()
+    expect = scan_torch(**args, delta_softplus=True)
+    got = scan_triton(**{k: v.to(device) for k, v in args.items()}, delta_softplus=True).cpu()
+    return auto_check.agreement(got, expect)
 
 
 def supports(u: Tensor) -> bool:

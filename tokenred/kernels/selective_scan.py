@@ -22,8 +22,9 @@ Backends (``backend=`` or ``set_default_backend``):
   by exp and torch's softplus, everywhere else exp2 and a softplus of its own.
 * ``cpp`` — the sequential recurrence compiled from ``scan_cpu.cpp`` on first use (CPU only; needs
   a C++ compiler and ``ninja``), with its own backward that recomputes the states: the working set
-  of one channel stays in cache, so it is the fast CPU path for training and inference. Opt-in,
-  because the first use compiles for ~30 s; constant [D, N] B/C fall back to ``torch``.
+  of one channel stays in cache, so it is the fast CPU path for training and inference (``auto``'s
+  choice on CPU; the first use on a machine compiles for ~30 s); constant [D, N] B/C fall back
+  to ``torch``.
 * ``triton`` — one Triton kernel for CUDA inference (``scan_triton.py``): decays, drives and
   the scan of each tile of steps in registers, with ``tl.associative_scan``; bias, softplus, D
   skip and gate fused. Training and float64 take ``torch``. Tested with Triton's CPU interpreter.
@@ -31,10 +32,11 @@ Backends (``backend=`` or ``set_default_backend``):
   mamba_ssm's ``selective_scan_ref`` and of VMamba's CPU fallback). For tests and benchmarks.
 * ``mamba_ssm`` — ``mamba_ssm.ops.selective_scan_interface.selective_scan_fn`` (CUDA only).
 
-``backend=None`` (the default) means ``auto``: on CUDA, ``mamba_ssm`` when that package is
-importable, else ``triton`` when Triton is importable and its kernel compiles and agrees with
-``torch`` on a small check on that device (once per process; otherwise a warning, and
-``torch``); ``torch`` on every other device.
+``backend=None`` (the default) means ``auto``: on CPU, ``cpp`` when it builds here and agrees
+with ``torch`` on a small check; on CUDA, ``mamba_ssm`` when that package is importable, else
+``triton`` when Triton is importable and its kernel compiles and agrees with ``torch`` on a small
+check on that device (each check once per process, ``auto_check``; a failure warns once and
+``auto`` takes ``torch``); ``torch`` on every other device.
 
 Inference runs through one custom op, ``tokenred::selective_scan``, so that FLOP counters see the
 scan as one operation and count it with VMamba's formula 9·B·L·D·N + B·D·L (D = K·d_inner): see
@@ -101,6 +103,9 @@ def resolve_backend(name: Optional[str], device: torch.device) -> str:
     if device.type == "meta":   # shapes only (the preflight): any backend's answer is torch's
         return "torch"
     if name == "auto":
+        if device.type == "cpu":
+            from . import scan_cpp
+            return "cpp" if scan_cpp.works() else "torch"
         if device.type != "cuda":
             return "torch"
         if mamba_ssm_available():
