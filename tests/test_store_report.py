@@ -9,6 +9,7 @@ import textwrap
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 import tokenred
@@ -126,9 +127,12 @@ def test_report_from_the_store_alone(tmp_path, capsys):
     from tokenred.timing import keep_freed_memory
     assert f"allocator: {keep_freed_memory()}." in md          # how the timings were taken
     assert list(regenerated["allocator"].unique()) == [keep_freed_memory()]
-    from tokenred.kernels import scan_math
+    from tokenred.kernels import resolve_backend, scan_math
     math = ", ".join(f"{k} {v}" for k, v in scan_math("cpu").items())   # the scan's exponentials
-    assert list(regenerated["scan_math"].unique()) == [math] and f"({math})" in md
+    backend = resolve_backend(None, torch.device("cpu"))
+    note = f"({math})" if backend == "torch" else f"(the torch scan here: {math})"
+    assert list(regenerated["scan_math"].unique()) == [math]
+    assert f"scan backend {backend} {note}" in md
     assert "<table>" in (run / "results.html").read_text()
     assert main(["report", str(run), "--format", "md,pdf"]) == 2
     assert "unknown report format" in capsys.readouterr().err

@@ -161,10 +161,13 @@ def _notes(df: pd.DataFrame) -> list[str]:
         env = timed.iloc[0]
         allocator = env.get("allocator")     # (absent or NaN in rows timed before it was kept)
         math = env.get("scan_math")          # (likewise, before the scan's math was recorded)
+        backend = env.get("scan_backend", "–")
+        if isinstance(math, str):            # (it describes the torch scan's exponentials)
+            math = f" ({math})" if backend == "torch" else f" (the torch scan here: {math})"
         notes.append(f"Environment: {env['device_name']} ({env['device']}), {env['threads']} "
                      f"threads, torch {env['torch']}, timm {env['timm']}, tokenred "
-                     f"{env['tokenred']}, scan backend {env.get('scan_backend', '–')}"
-                     f"{f' ({math})' if isinstance(math, str) else ''}, "
+                     f"{env['tokenred']}, scan backend {backend}"
+                     f"{math if isinstance(math, str) else ''}, "
                      f"allocator: {allocator if isinstance(allocator, str) else 'not recorded'}. "
                      "GFLOPs are multiply-adds per image (fvcore/paper convention); speedup is "
                      "images/s over `none` on the same backbone, timed interleaved in one run; "
