@@ -79,3 +79,15 @@ run fused_conv1d_vim_ninth_b1 900 $PY benchmarks/fused_kernels.py --threads 2 --
 run fused_conv1d_vim_ninth_b8 1800 $PY benchmarks/fused_kernels.py --threads 2 --batch-size 8 --iters 10 --json $R/fused_conv1d_vim_ninth_b8.json
 run fused_mlp_vmamba_ninth_b1 900 $PY benchmarks/fused_kernels.py --threads 2 --model vmamba_tiny_s1l8 --kernel mlp --json $R/fused_mlp_vmamba_ninth_b1.json
 run vim_vs_deit_conv_ninth_b1 900 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --reference no --json $R/vim_vs_deit_conv_ninth_b1.json
+# tenth session (the same kind of Intel Xeon host): auto takes the compiled cpp scan on CPU; the
+# goal's ratio under the default backend (the header line names it), both batch sizes
+run vmamba_vs_deit_tenth_b1 900 $PY benchmarks/vmamba_vs_deit.py --threads 2 --reference no --json $R/vmamba_vs_deit_tenth_b1.json
+run vmamba_vs_deit_tenth_b8 1800 $PY benchmarks/vmamba_vs_deit.py --threads 2 --batch-size 8 --reference no --iters 10 --json $R/vmamba_vs_deit_tenth_b8.json
+# the torch scan against the loop at d_state 16 again on this host (two runs, for the spread)
+run scan_tenth_n16_run1 900 $PY benchmarks/selective_scan.py --threads 2 --only N16 --json $R/scan_tenth_n16_run1.json
+run scan_tenth_n16_run2 900 $PY benchmarks/selective_scan.py --threads 2 --only N16 --json $R/scan_tenth_n16_run2.json
+run vmamba_vs_deit_tenth_b8_run2 1800 $PY benchmarks/vmamba_vs_deit.py --threads 2 --batch-size 8 --reference no --iters 10 --json $R/vmamba_vs_deit_tenth_b8_run2.json
+# the cpp build with 512-bit vectors preferred (GCC prefers 256-bit ones on AVX-512 CPUs by
+# default) against today's flags, whole forwards
+run cpp_flags_tenth_b1 1200 $PY benchmarks/cpp_flags.py --threads 2 --add=-mprefer-vector-width=512 --json $R/cpp_flags_tenth_b1.json
+run cpp_flags_tenth_b8 1800 $PY benchmarks/cpp_flags.py --threads 2 --batch-size 8 --iters 10 --models vmamba_tiny_s1l8,medmamba_tiny --add=-mprefer-vector-width=512 --json $R/cpp_flags_tenth_b8.json
