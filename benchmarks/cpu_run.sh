@@ -91,3 +91,10 @@ run vmamba_vs_deit_tenth_b8_run2 1800 $PY benchmarks/vmamba_vs_deit.py --threads
 # default) against today's flags, whole forwards
 run cpp_flags_tenth_b1 1200 $PY benchmarks/cpp_flags.py --threads 2 --add=-mprefer-vector-width=512 --json $R/cpp_flags_tenth_b1.json
 run cpp_flags_tenth_b8 1800 $PY benchmarks/cpp_flags.py --threads 2 --batch-size 8 --iters 10 --models vmamba_tiny_s1l8,medmamba_tiny --add=-mprefer-vector-width=512 --json $R/cpp_flags_tenth_b8.json
+# after the smaller stepwise blocks where they keep >= 8 steps (and the 512-bit cpp build)
+run scan_tenth_blocks_run1 900 $PY benchmarks/selective_scan.py --threads 2 --only N16 --json $R/scan_tenth_blocks_run1.json
+run scan_tenth_blocks_run2 900 $PY benchmarks/selective_scan.py --threads 2 --only N16 --json $R/scan_tenth_blocks_run2.json
+run vmamba_vs_deit_tenth_after_b1 900 $PY benchmarks/vmamba_vs_deit.py --threads 2 --reference no --json $R/vmamba_vs_deit_tenth_after_b1.json
+run vmamba_vs_deit_tenth_after_b8 1800 $PY benchmarks/vmamba_vs_deit.py --threads 2 --batch-size 8 --reference no --iters 10 --json $R/vmamba_vs_deit_tenth_after_b8.json
+run medmamba_vs_deit_tenth_b8 1800 $PY benchmarks/vmamba_vs_deit.py --ssm medmamba_tiny --threads 2 --batch-size 8 --reference no --iters 10 --json $R/medmamba_vs_deit_tenth_b8.json
+run vim_vs_deit_tenth_b1 900 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --reference no --json $R/vim_vs_deit_tenth_b1.json

@@ -205,6 +205,16 @@ def test_stepwise_blocks_carry_the_state(block, length, monkeypatch):
     assert rel_err(scan_torch(**inputs), scan_reference(**float64(inputs))) < 1e-5
 
 
+@pytest.mark.parametrize("state, length, steps", [
+    (768 * 16, 197, 10),        # Vim-S, batch 1: the smaller blocks, still 10 steps
+    (384 * 16, 3136, 16),       # VMamba v0 / MedMamba shape, batch 1: at the cap either way
+    (8 * 768 * 16, 197, 2),     # Vim-S, batch 8: the small size would leave 1 step
+    (8 * 384 * 16, 3136, 5),
+    (768 * 16, 7, 7)])          # never more steps than the sequence has
+def test_stepwise_blocks_are_cache_sized_with_enough_steps(state, length, steps):
+    assert ss_module._stepwise_block(state, length) == steps
+
+
 @pytest.mark.parametrize("batch, expect_one", [(1, True), (4, False)])
 def test_stepwise_scan_runs_on_one_thread_below_the_grain(batch, expect_one, monkeypatch):
     """Vim-S at batch 1 (12288 state values per step, under torch's 32768 grain): one intra-op
