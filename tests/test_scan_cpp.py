@@ -307,3 +307,31 @@ def test_auto_takes_cpp_on_cpu_only_while_it_agrees_with_torch(monkeypatch):
                                             r"torch backend by 1.0e\+00\); the 'auto' scan "
                                             r"backend uses 'torch' there"):
         assert resolve_backend("auto", cpu) == "torch"
+
+
+_COMPILED_FIRST = """
+import torch, tokenred
+from tokenred.kernels import resolve_backend
+torch.manual_seed(0)
+model = tokenred.create_backbone("vmamba_tiny_s1l8", depths=(1, 1, 2, 1), dims=16).eval()
+x = torch.randn(1, 3, 64, 64)
+with torch.no_grad():
+    compiled = torch.compile(model)(x)      # auto's first decision, inside the traced forward
+    eager = model(x)
+print(resolve_backend(None, torch.device("cpu")), (compiled - eager).abs().max().item())
+"""
+
+
+def test_auto_decided_inside_a_compiled_forward_is_a_constant_there():
+    """A process whose first scan runs under torch.compile: auto's check (a thread, once) runs
+    at trace time and its answer is a constant of the graph, so dynamo neither warns about
+    tracing the check nor breaks the graph on it; the compiled model equals the eager one."""
+    import subprocess
+    import sys
+
+    run = subprocess.run([sys.executable, "-c", _COMPILED_FIRST], capture_output=True, text=True,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    backend, diff = run.stdout.split()
+    assert backend == "cpp" and float(diff) < 1e-5
+    assert "Dynamo does not know how to trace" not in run.stderr, run.stderr[-3000:]

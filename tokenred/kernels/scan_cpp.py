@@ -126,6 +126,7 @@ def available() -> bool:
     return True
 
 
+@torch.compiler.assume_constant_result   # (decided once per process: a constant in a graph)
 def works() -> bool:
     """Whether ``auto`` may pick this backend on CPU: it builds here and its kernels agree with
     the ``torch`` backend on a small scan (``auto_check``: once per process; a failure warns once
