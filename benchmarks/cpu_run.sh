@@ -98,3 +98,5 @@ run vmamba_vs_deit_tenth_after_b1 900 $PY benchmarks/vmamba_vs_deit.py --threads
 run vmamba_vs_deit_tenth_after_b8 1800 $PY benchmarks/vmamba_vs_deit.py --threads 2 --batch-size 8 --reference no --iters 10 --json $R/vmamba_vs_deit_tenth_after_b8.json
 run medmamba_vs_deit_tenth_b8 1800 $PY benchmarks/vmamba_vs_deit.py --ssm medmamba_tiny --threads 2 --batch-size 8 --reference no --iters 10 --json $R/medmamba_vs_deit_tenth_b8.json
 run vim_vs_deit_tenth_b1 900 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --reference no --json $R/vim_vs_deit_tenth_b1.json
+# the stepwise blocks side by side: today's rule against the earlier one (256K values a block)
+run scan_setting_blocks_tenth 1200 $PY benchmarks/scan_setting.py --threads 2 --set _STEPWISE_SMALL_BLOCK_ELEMENTS=262144 --json $R/scan_setting_blocks_tenth.json
