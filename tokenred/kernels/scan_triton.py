@@ -57,6 +57,7 @@ def interpreting() -> bool:
     return triton is not None and bool(triton.knobs.runtime.interpret)
 
 
+@torch.compiler.disable   # (the check runs a thread and real tensors: never traced)
 def works_on(device: torch.device) -> bool:
     """Whether ``auto`` may pick this kernel on ``device``: Triton is importable, and the kernel
     compiles there and matches the ``torch`` backend on a small scan (``auto_check``: once per
