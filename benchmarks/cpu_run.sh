@@ -100,3 +100,5 @@ run medmamba_vs_deit_tenth_b8 1800 $PY benchmarks/vmamba_vs_deit.py --ssm medmam
 run vim_vs_deit_tenth_b1 900 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --reference no --json $R/vim_vs_deit_tenth_b1.json
 # the stepwise blocks side by side: today's rule against the earlier one (256K values a block)
 run scan_setting_blocks_tenth 1200 $PY benchmarks/scan_setting.py --threads 2 --set _STEPWISE_SMALL_BLOCK_ELEMENTS=262144 --json $R/scan_setting_blocks_tenth.json
+# MedMamba-T against the start (its default then: torch) with today's default (cpp here)
+run medmamba_old_vs_new_tenth_b8 1800 bash benchmarks/old_vs_new.sh d43502c medmamba_tiny 8
