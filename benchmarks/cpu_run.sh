@@ -102,3 +102,5 @@ run vim_vs_deit_tenth_b1 900 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --
 run scan_setting_blocks_tenth 1200 $PY benchmarks/scan_setting.py --threads 2 --set _STEPWISE_SMALL_BLOCK_ELEMENTS=262144 --json $R/scan_setting_blocks_tenth.json
 # MedMamba-T against the start (its default then: torch) with today's default (cpp here)
 run medmamba_old_vs_new_tenth_b8 1800 bash benchmarks/old_vs_new.sh d43502c medmamba_tiny 8
+run vmamba_vs_deit_tenth_after_b1_run2 900 $PY benchmarks/vmamba_vs_deit.py --threads 2 --reference no --json $R/vmamba_vs_deit_tenth_after_b1_run2.json
+run vmamba_vs_deit_tenth_after_b8_run2 1800 $PY benchmarks/vmamba_vs_deit.py --threads 2 --batch-size 8 --reference no --iters 10 --json $R/vmamba_vs_deit_tenth_after_b8_run2.json
