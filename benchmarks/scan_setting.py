@@ -1,7 +1,7 @@
 """The `torch` scan with one of its module settings (a constant of
 ``tokenred.kernels.selective_scan``) at its value against another value, side by side in one
-run, at the d_state-16 shapes of ``selective_scan.py`` (time-major inputs, as the backbones pass
-them) and batch sizes.
+run, at the d_state-16 shapes of ``selective_scan.py`` and batch sizes, on ``cpu_math.py``'s
+time-major inputs (as the backbones pass them, z gate included).
 
 Each round times both settings, in alternating order, twice each: right after a pass over 48 MB
 (inputs evicted from cache: "cold") and at once again ("warm"). Printed: medians and the median
@@ -22,13 +22,10 @@ import torch
 from tokenred.report import write_json
 
 from _protocol import attribute_replaced, timing_environment
-from selective_scan import SHAPES, make_inputs
+from cpu_math import time_major_inputs
+from selective_scan import SHAPES
 
 SCAN = importlib.import_module("tokenred.kernels.selective_scan")
-
-
-def time_major(t: torch.Tensor) -> torch.Tensor:
-    return t.permute(2, 0, 1).contiguous().permute(1, 2, 0)
 
 
 def main() -> int:
@@ -58,10 +55,7 @@ def main() -> int:
     with torch.inference_mode():
         for label, dim, n, length in (s for s in SHAPES if s[2] > 1):
             for batch in (int(b) for b in args.batch_sizes.split(",")):
-                x = make_inputs(batch, dim, n, length, torch.device("cpu"),
-                                1 if "Vim" in label else 4)
-                for k in ("u", "delta"):
-                    x[k] = time_major(x[k])
+                x = time_major_inputs(batch, dim, n, length, 1 if "Vim" in label else 4)
                 times = {(v, c): [] for v in ("now", "given") for c in ("cold", "warm")}
                 for r in range(args.rounds + 1):
                     for variant in (("now", "given") if r % 2 else ("given", "now")):
@@ -71,7 +65,7 @@ def main() -> int:
                                 if condition == "cold":
                                     evict.mul_(1.0)
                                 start = time.perf_counter()
-                                SCAN.scan_torch(**x, delta_softplus=True)
+                                SCAN.scan_torch(**x)
                                 if r:             # (round 0 warms both up)
                                     times[variant, condition].append(
                                         (time.perf_counter() - start) * 1e3)

@@ -149,8 +149,9 @@ class Keys:
         if kind in ("timing", "match"):
             timing = {"warmup": p.warmup, "iters": p.iters, "rounds": p.rounds,
                       "threads": p.threads}
-            if p.scan_of(self.scans) != "torch":
-                timing["scan_backend"] = p.scan_of(self.scans)
+            scan = p.scan_of(self.scans)
+            if scan != "torch":
+                timing["scan_backend"] = scan
             if p.compile:
                 timing["compile"] = True
             variant = weights + json.dumps(timing)

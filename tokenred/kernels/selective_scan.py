@@ -407,9 +407,9 @@ _STEPWISE_MIN_STATE = 4096
 #: values of one block's decays (and of its states) in ``_scan_stepwise``: cache-sized. The
 #: smaller size where it still leaves a block ``_STEPWISE_MIN_SMALL_BLOCK`` steps (fewer steps per
 #: block repeat its four block ops more often): Vim-S at batch 1, 10 steps of 12288 values rather
-#: than 16, scanned 1.14-1.15x faster on an Intel host (2 MiB L2), the VMamba-v0 N=16 shape at
-#: batch 2 1.13x (``benchmarks/scan_setting.py``); larger states (batch 8) and smaller ones keep
-#: their blocks
+#: than 16, scanned 1.12-1.15x faster on an Intel host (2 MiB L2), the VMamba-v0 N=16 shape at
+#: batch 2 1.09-1.13x (``benchmarks/scan_setting.py``); larger states (batch 8) and smaller
+#: ones keep their blocks
 _STEPWISE_BLOCK_ELEMENTS = 1 << 18
 _STEPWISE_SMALL_BLOCK_ELEMENTS = 1 << 17
 _STEPWISE_MIN_SMALL_BLOCK = 8
