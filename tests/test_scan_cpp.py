@@ -142,6 +142,21 @@ def test_batch_one_backward_splits_channels_without_changing_gradients():
         torch.testing.assert_close(one[name], four[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_the_kernels_loops_run_on_torchs_intra_op_threads():
+    # at::parallel_for is a header template: built without the OpenMP flag its pragma is ignored
+    # and every kernel runs on the calling thread alone, whatever torch.get_num_threads() says
+    if not torch.backends.openmp.is_available():
+        pytest.skip("this torch's intra-op threads are not OpenMP's; nothing to check here")
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert scan_cpp.load().parallel_threads(16) == 2
+        torch.set_num_threads(1)
+        assert scan_cpp.load().parallel_threads(16) == 1
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_cpp_backend_needs_cpu_tensors():
     with pytest.raises(ScanBackendError, match="'cpp' runs on CPU tensors only"):
         resolve_backend("cpp", torch.device("cuda"))

@@ -36,13 +36,19 @@ def _compiler_flags() -> tuple:
     """-march=native: the build is for this CPU (the build's name carries a digest of its flags,
     so a shared cache never hands one CPU's build to another); -ffast-math: lets the compiler use
     the math library's vector exp and reassociate the N-state sums (float32 rounding differences
-    only). On x86-64, 512-bit vectors where the CPU has them: GCC otherwise prefers 256-bit ones
-    on AVX-512 CPUs, and its 16-wide steps made whole forwards 1.02-1.04x (VMamba-T), 1.10-1.18x
-    (MedMamba-T) and 1.11x (Vim-S) faster on an Intel Xeon (``benchmarks/cpp_flags.py``); on a CPU
-    without AVX-512 the flag changes nothing."""
+    only). -fopenmp where torch's intra-op threads are OpenMP's: ATen's ``at::parallel_for`` is a
+    header template whose ``#pragma omp parallel`` a build without the flag ignores, so every
+    kernel ran on one thread whatever ``torch.get_num_threads()`` said (until the eleventh
+    session; VMamba-T's stage-0 SS2D kernel at batch 8, 2 threads: 15.4 -> 8.3 ms). On x86-64,
+    512-bit vectors where the CPU has them: GCC otherwise prefers 256-bit ones on AVX-512 CPUs,
+    and its 16-wide steps made whole forwards 1.02-1.04x (VMamba-T), 1.10-1.18x (MedMamba-T) and
+    1.11x (Vim-S) faster on an Intel Xeon (``benchmarks/cpp_flags.py``); on a CPU without
+    AVX-512 the flag changes nothing."""
     import platform
 
     flags = ("-O3", "-march=native", "-ffast-math")
+    if torch.backends.openmp.is_available() and platform.system() != "Windows":
+        flags += ("-fopenmp",)
     if platform.machine().lower() in ("x86_64", "amd64"):
         flags += ("-mprefer-vector-width=512",)
     return flags
@@ -98,7 +104,10 @@ def build(cflags: tuple):
         from torch.utils.cpp_extension import load as load_extension
 
         _note_a_first_build(name)
-        return load_extension(name, [_SOURCE], extra_cflags=list(cflags), verbose=False)
+        # (-fopenmp links libgomp.so.1, the runtime torch has loaded already: one thread pool)
+        ldflags = ["-fopenmp"] if "-fopenmp" in cflags else []
+        return load_extension(name, [_SOURCE], extra_cflags=list(cflags), extra_ldflags=ldflags,
+                              verbose=False)
     finally:
         quiet.setLevel(level)
 
@@ -230,11 +239,14 @@ def cross_scan_applies(x: Tensor, backend: str, weights: tuple) -> bool:
 
 #: when the fused SS2D kernel computes Δ itself from the low-rank values (R axpys per step over a
 #: block of channels, weights in L1) instead of reading a [K, B, L, D] tensor written by a matmul:
-#: at small ranks and when that tensor outgrows the caches. Measured (kernel alone, 2 threads, 32
-#: MiB L3): VMamba-T stage 0 at batch 8 (rank 6, 9.6 M values) 47.6 -> 31.3 ms; at batch 1
-#: (1.2 M values) 4.1 -> 4.3 ms and at rank 12 (batch 8) 15.8 -> 19.3 ms, so those keep the matmul.
+#: at small ranks, of any size (a floor on the tensor's size is the second knob: 0). Measured
+#: (kernel alone, 2 threads, Intel Xeon, eleventh session, once the kernel ran on both threads):
+#: rank 6 (VMamba-T stage 0) at batch 8 9.7 -> 8.2 ms, batch 1 1.38 -> 1.23 ms, a 16 x 16 map
+#: at batch 1 0.13 -> 0.12 ms; rank 12 (stage 1) 4.59 -> 4.76 ms at batch 8 and rank 24 (stage 2)
+#: 2.58 -> 3.31 ms, so those keep the matmul. (Single-threaded, the fifth session had found the
+#: matmul faster below 4 M values.)
 IN_KERNEL_DT_MAX_RANK = 8
-IN_KERNEL_DT_MIN_VALUES = 4 * 2 ** 20
+IN_KERNEL_DT_MIN_VALUES = 0
 
 
 def cross_scan_2d(x: Tensor, x_proj_weight: Tensor, dt_projs_weight: Tensor,

@@ -12,6 +12,7 @@
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -320,10 +321,13 @@ inline int64_t direction_position(int64_t k, int64_t t, int64_t H, int64_t W, in
 }
 
 // channel blocks of kBlock; when there are too few work items to keep every thread busy (a
-// batch of one), equal blocks (multiples of 16) instead, so that the threads finish together
+// small batch), narrower equal blocks (multiples of 16 channels) whose count the threads divide,
+// so that the threads finish together
 inline int64_t block_width(int64_t b, int64_t d) {
-  const int64_t blocks = (d + kBlock - 1) / kBlock;
-  if (b * blocks >= 4 * at::get_num_threads()) return kBlock;
+  const int64_t threads = std::max(1, at::get_num_threads());
+  int64_t blocks = (d + kBlock - 1) / kBlock;
+  if (b * blocks >= 4 * threads) return kBlock;
+  while ((b * blocks) % threads != 0 && 16 * (blocks + 1) <= d) ++blocks;
   const int64_t w = (d + blocks - 1) / blocks;
   return std::min(kBlock, (w + 15) / 16 * 16);
 }
@@ -552,7 +556,22 @@ torch::Tensor cross_scan_2d_forward(torch::Tensor x, torch::Tensor dt_raw, torch
   return out;
 }
 
+// How many threads at::parallel_for hands `items` work items to in this build (the tests check
+// that the kernels' loops run on torch's intra-op threads, not on the caller's alone).
+int64_t parallel_threads(int64_t items) {
+  std::vector<int64_t> owner(items, -1);
+  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) owner[i] = at::get_thread_num();
+  });
+  std::vector<int64_t> seen;
+  for (int64_t t : owner)
+    if (std::find(seen.begin(), seen.end(), t) == seen.end()) seen.push_back(t);
+  return static_cast<int64_t>(seen.size());
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("parallel_threads", &parallel_threads,
+        "the number of threads at::parallel_for splits `items` work items over");
   m.def("cross_scan_2d", &cross_scan_2d_forward,
         "VMamba SS2D inference: cross-scan, selective scan (softplus, D skip) and cross-merge");
   m.def("forward_time_major", &forward_time_major,
