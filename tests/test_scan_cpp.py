@@ -157,6 +157,30 @@ def test_the_kernels_loops_run_on_torchs_intra_op_threads():
         torch.set_num_threads(previous)
 
 
+def test_a_compiler_without_openmp_still_gets_a_one_thread_build(monkeypatch, capsys):
+    built_with = []
+
+    def build(cflags):
+        built_with.append(cflags)
+        if "-fopenmp" in cflags:
+            raise RuntimeError("clang: error: unsupported option '-fopenmp'")
+        return "the one-thread build"
+
+    monkeypatch.setattr(scan_cpp, "build", build)
+    monkeypatch.setattr(scan_cpp, "_CFLAGS", ("-O3", "-fopenmp"))
+    monkeypatch.setattr(scan_cpp, "_module", None)
+    monkeypatch.setattr(scan_cpp, "_error", None)
+    assert scan_cpp.load() == "the one-thread build"
+    assert built_with == [("-O3", "-fopenmp"), ("-O3",)]
+    assert "without OpenMP" in capsys.readouterr().err
+    # a build failing for another reason is not retried
+    monkeypatch.setattr(scan_cpp, "_CFLAGS", ("-O3",))
+    monkeypatch.setattr(scan_cpp, "_module", None)
+    monkeypatch.setattr(scan_cpp, "build", lambda cflags: (_ for _ in ()).throw(OSError("no c++")))
+    with pytest.raises(RuntimeError, match="could not be built here .*no c\\+\\+"):
+        scan_cpp.load()
+
+
 def test_cpp_backend_needs_cpu_tensors():
     with pytest.raises(ScanBackendError, match="'cpp' runs on CPU tensors only"):
         resolve_backend("cpp", torch.device("cuda"))

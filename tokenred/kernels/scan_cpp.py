@@ -80,13 +80,30 @@ def load():
     with _lock:
         if _module is None and _error is None:
             try:
-                _module = build(_CFLAGS)
+                _module = _build_falling_back_to_one_thread(_CFLAGS)
             except Exception as exc:  # no compiler, no ninja, a failed build
                 _error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1][:300]}"
     if _module is None:
         raise RuntimeError(f"the 'cpp' scan backend could not be built here ({_error}); it needs "
                            f"a C++ compiler and `pip install ninja`; 'torch' runs everywhere")
     return _module
+
+
+def _build_falling_back_to_one_thread(cflags: tuple):
+    """``build(cflags)``; where that fails with -fopenmp among them (a compiler without OpenMP,
+    as Apple's clang), the build without it, whose kernels run on the calling thread only —
+    said once on stderr, since it is slower, not wrong."""
+    import sys
+
+    try:
+        return build(cflags)
+    except Exception:
+        if "-fopenmp" not in cflags:
+            raise
+    module = build(tuple(f for f in cflags if f != "-fopenmp"))
+    print("tokenred: the compiled CPU selective scan was built without OpenMP (the compiler "
+          "refused -fopenmp): its kernels run on one thread", file=sys.stderr, flush=True)
+    return module
 
 
 def build(cflags: tuple):
