@@ -118,3 +118,5 @@ run vmamba_vs_deit_eleventh_b1_run2 900 $PY benchmarks/vmamba_vs_deit.py --threa
 run vmamba_vs_deit_eleventh_b8_run2 1800 $PY benchmarks/vmamba_vs_deit.py --threads 2 --batch-size 8 --reference no --iters 10 --json $R/vmamba_vs_deit_eleventh_b8_run2.json
 run vmamba_vs_deit_eleventh_b8_run3 1800 $PY benchmarks/vmamba_vs_deit.py --threads 2 --batch-size 8 --reference no --iters 10 --json $R/vmamba_vs_deit_eleventh_b8_run3.json
 run compile_vs_eager_eleventh_b1 1500 $PY benchmarks/compile_vs_eager.py --threads 2 --pairs vmamba_tiny_s1l8=none,vmamba_tiny_s1l8=quartermap,medmamba_tiny=none,medmamba_tiny=quartermap --json $R/compile_vs_eager_eleventh_b1.json
+# after the fused MLP's rule stopped breaking compiled graphs at every MLP (one graph per model)
+run compile_vs_eager_eleventh_onegraph_b1 1800 $PY benchmarks/compile_vs_eager.py --threads 2 --pairs vmamba_tiny_s1l8=none,vmamba_tiny_s1l8=quartermap,medmamba_tiny=none,medmamba_tiny=quartermap,vim_small=none,vim_small=topvim --json $R/compile_vs_eager_eleventh_onegraph_b1.json

@@ -153,3 +153,19 @@ def test_causal_conv1d_silu_steps_aside_where_the_ops_must_be_seen(monkeypatch):
     calls.clear()
     with_conv = tokenred.count_flops(model, 32).gflops
     assert calls == [] and with_conv > 0
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("vmamba_tiny_s1l8", dict(dims=16, depths=[1, 1, 1, 1])),
+    ("vim_tiny", dict(depth=2, img_size=64, patch_size=16, stride=16)),
+])
+def test_the_fused_kernels_rules_keep_a_compiled_model_one_graph(name, kwargs):
+    """Under torch.compile the rules answer no without calling what dynamo cannot trace (asking
+    oneDNN's availability first broke the compiled graph at every MLP)."""
+    import torch._dynamo
+
+    model = tokenred.create_backbone(name, num_classes=10, **kwargs).eval()
+    with torch.inference_mode():
+        explained = torch._dynamo.explain(model)(torch.randn(1, 3, 64, 64))
+    reasons = [b.reason.splitlines()[0] for b in explained.break_reasons]
+    assert explained.graph_break_count == 0, reasons

@@ -26,9 +26,10 @@ def inference_kernel_allowed(x: Tensor, weights: tuple = ()) -> bool:
     matmuls in lower precision; the kernels compute in x's dtype)."""
     from torch.utils._python_dispatch import _get_current_dispatch_mode
 
-    if needs_grad(x, *weights):
+    # (the compiler first: under it every other check here must be answered without tracing)
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
         return False
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if needs_grad(x, *weights):
         return False
     if torch.is_autocast_enabled(x.device.type):
         return False
@@ -42,9 +43,11 @@ def _onednn_linear_available() -> bool:
 def linear_gelu_applies(x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> bool:
     """Whether ``linear_gelu`` serves this call: a float32 CPU input, oneDNN present, and
     ``inference_kernel_allowed``."""
+    # (inference_kernel_allowed before oneDNN's availability, which torch.compile cannot trace:
+    # asked first, it broke every compiled graph at each MLP)
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and _onednn_linear_available()
-            and inference_kernel_allowed(x, (weight,) if bias is None else (weight, bias)))
+            and inference_kernel_allowed(x, (weight,) if bias is None else (weight, bias))
+            and _onednn_linear_available())
 
 
 def linear_gelu(x: Tensor, weight: Tensor, bias: Optional[Tensor], approximate: str = "none") -> Tensor:
