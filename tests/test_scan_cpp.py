@@ -51,26 +51,44 @@ def time_major(t):
     return t.permute(2, 0, 1).contiguous().permute(1, 2, 0)
 
 
+def batch_outer(t):
+    """The same values as a [b, d, L] view of [b, L, d] storage (a linear layer's output, Vim)."""
+    return t.transpose(1, 2).contiguous().transpose(1, 2)
+
+
 @pytest.mark.parametrize("d_state,dim,groups", [(1, 16, 4), (1, 200, 2), (16, 16, 4), (3, 8, 1)])
 @pytest.mark.parametrize("length", [1, 65, 3136])
 @pytest.mark.parametrize("regime", ["init", "large"])
-@pytest.mark.parametrize("extras", ["all", "none"])
+@pytest.mark.parametrize("extras", ["all", "all, a time-major z", "all, z half of xz", "none"])
+@pytest.mark.parametrize("layout", ["time-major", "batch-outer"])
 def test_time_major_inference_matches_float64_sequential(d_state, dim, groups, length, regime,
-                                                         extras):
+                                                         extras, layout):
     # dim 200 in 2 groups: blocks of 64 channels that end inside a group, and a short last one
     inputs = make_inputs(2, dim, d_state, length, groups=groups, regime=regime)
-    if extras == "all":
-        inputs["z"] = torch.randn(2, dim, length)
+    if extras.startswith("all"):
+        # the gate, fused in the kernel, read where it lies: channel-major, time-major, or (as
+        # Vim's z) the second half of an in_proj output [b, L, 2d] seen as [b, d, L]
+        z = torch.randn(2, dim, length) * 3
+        z.view(-1)[::7] = 100.0
+        z.view(-1)[3::7] = -100.0
+        if extras.endswith("time-major z"):
+            z = time_major(z)
+        elif extras.endswith("half of xz"):
+            xz = torch.randn(2, length, 2 * dim)
+            xz[..., dim:] = z.transpose(1, 2)
+            z = xz.transpose(1, 2)[:, dim:]
+        inputs["z"] = z
     else:
         inputs.update(D=None, delta_bias=None, delta_softplus=False)
         inputs["delta"] = inputs["delta"].abs()
     ref = scan_reference(**float64(inputs))
-    fed = dict(inputs, u=time_major(inputs["u"]), delta=time_major(inputs["delta"]))
-    assert scan_cpp.time_major_inference(fed["u"], fed["delta"], fed["B"], fed["C"])
+    view = time_major if layout == "time-major" else batch_outer
+    fed = dict(inputs, u=view(inputs["u"]), delta=view(inputs["delta"]))
+    assert scan_cpp.channel_last_inference(fed["u"], fed["delta"], fed["B"], fed["C"])
     with torch.no_grad():
         y = cpp(**fed)
     assert y.shape == (2, dim, length) and y.dtype == torch.float32
-    assert is_time_major(y) or length == 1                 # no copy back to channel-major
+    assert y.stride() == view(y).stride()                  # u's layout: no copy to channel-major
     assert rel_err(y, ref) < 1e-5
     float64_y = scan_cpp.scan_cpp_time_major(**float64(fed))
     assert float64_y.dtype == torch.float64 and rel_err(float64_y, ref) < 1e-12
@@ -97,7 +115,7 @@ def test_the_kernels_exp_and_softplus_hold_at_extreme_steps(d_state):
 def test_time_major_inputs_needing_gradients_take_the_differentiable_kernel():
     inputs = make_inputs(1, 8, 1, 20)
     u = time_major(inputs["u"]).requires_grad_()
-    assert not scan_cpp.time_major_inference(u, time_major(inputs["delta"]), inputs["B"],
+    assert not scan_cpp.channel_last_inference(u, time_major(inputs["delta"]), inputs["B"],
                                              inputs["C"])
     y = cpp(**dict(inputs, u=u, delta=time_major(inputs["delta"])))
     y.sum().backward()

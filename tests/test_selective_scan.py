@@ -369,16 +369,20 @@ def test_public_function_dispatches_and_records_one_op():
                                    atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("time_major", [False, True])
-def test_the_op_keeps_the_layout_its_fake_promises(time_major):
+@pytest.mark.parametrize("layout", ["channel-major", "time-major", "batch-outer", "mixed"])
+def test_the_op_keeps_the_layout_its_fake_promises(layout):
     """torch.compile traces the op with its fake and asserts the real output's strides: a fake
     that said "contiguous" for the torch scan's time-major output made every SSM backbone fail to
     compile. opcheck compares fake and real metadata, strides included."""
     from tokenred.kernels.selective_scan import _selective_scan_op
 
     batch, dim, length, n = 2, 8, 16, 4
-    if time_major:   # as VMamba hands them over: [B, D, L] views of [L, B, D] storage
+    if layout == "time-major":   # as VMamba hands them over: [B, D, L] views of [L, B, D] storage
         u, delta = (torch.randn(length, batch, dim).permute(1, 2, 0) for _ in range(2))
+    elif layout == "batch-outer":   # as Vim's linears give them: views of [B, L, D] storage
+        u, delta = (torch.randn(batch, length, dim).transpose(1, 2) for _ in range(2))
+    elif layout == "mixed":   # u with contiguous channels, Δ without: cpp's channel-major kernel
+        u, delta = torch.randn(batch, length, dim).transpose(1, 2), torch.randn(batch, dim, length)
     else:
         u, delta = torch.randn(batch, dim, length), torch.randn(batch, dim, length)
     args = (u, delta, -torch.rand(dim, n), torch.randn(batch, 1, n, length),

@@ -24,7 +24,7 @@ from torch import Tensor
 
 from . import auto_check
 from .fused import inference_kernel_allowed, needs_grad
-from .selective_scan import _softplus, is_time_major
+from .selective_scan import _softplus, channel_last_like, has_contiguous_channels
 
 _SOURCE = os.path.join(os.path.dirname(__file__), "scan_cpu.cpp")
 _lock = threading.Lock()
@@ -216,18 +216,22 @@ class _CoreScan(torch.autograd.Function):
         return du, ddt, dA.to(A0.dtype), _back_to(dB, B0), _back_to(dC, C0)
 
 
-def time_major_inference(u: Tensor, delta: Tensor, B: Tensor, C: Tensor) -> bool:
-    """Whether the time-major kernel serves this call: no gradient is needed and u, Δ come as
-    time-major views (it then returns y in the same layout)."""
-    return not needs_grad(u, delta, B, C) and is_time_major(u) and is_time_major(delta)
+def channel_last_inference(u: Tensor, delta: Tensor, B: Tensor, C: Tensor) -> bool:
+    """Whether the time-major kernel serves this call: no gradient is needed and u, Δ come with
+    contiguous channels (``has_contiguous_channels``: VMamba's time-major views, Vim's linear
+    outputs); it then returns y in u's channel-last storage."""
+    return (not needs_grad(u, delta, B, C) and has_contiguous_channels(u)
+            and has_contiguous_channels(delta))
 
 
 def scan_cpp_time_major(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
                         D: Optional[Tensor] = None, z: Optional[Tensor] = None,
                         delta_bias: Optional[Tensor] = None,
                         delta_softplus: bool = False) -> Tensor:
-    """Inference on time-major u, Δ: one kernel pass with the bias, softplus and D skip fused;
-    returns y as a [b, d, L] view of time-major storage (no copy in or out but B/C's small
+    """Inference on u, Δ with contiguous channels (read through their time and batch strides):
+    one kernel pass, stepping through time over blocks of channels, with the bias, softplus, D
+    skip and z gate fused (z read where it lies, any strides); returns y as a [b, d, L] view of
+    u's channel-last storage (``channel_last_like``: no copy in or out but B/C's small
     [L, b, G, N] one)."""
     from .selective_scan import _grouped
 
@@ -237,12 +241,17 @@ def scan_cpp_time_major(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tenso
     def vector(v: Optional[Tensor]) -> Tensor:
         return (torch.zeros(dim, dtype=ct) if v is None else v.to(ct)).contiguous()
 
+    def channels_last(t: Tensor) -> Tensor:      # [L, b, d], channels contiguous
+        t = t.to(ct).permute(2, 0, 1)
+        return t if t.shape[2] == 1 or t.stride(2) == 1 else t.contiguous()
+
     bt, cc = (_grouped(t).to(ct).permute(3, 0, 1, 2).contiguous() for t in (B, C))
-    y = load().forward_time_major(u.permute(2, 0, 1).to(ct), delta.permute(2, 0, 1).to(ct),
-                                  vector(delta_bias), A.to(ct).contiguous(), bt, cc, vector(D),
-                                  bool(delta_softplus))
-    y = y.permute(1, 2, 0)
-    return y * F.silu(z.to(ct)) if z is not None else y
+    y = channel_last_like(u, ct)
+    gate = z.to(ct).permute(2, 0, 1) if z is not None else u.new_empty(0, dtype=ct)
+    load().forward_time_major(channels_last(u), channels_last(delta), vector(delta_bias),
+                              A.to(ct).contiguous(), bt, cc, vector(D), bool(delta_softplus),
+                              gate, y.permute(2, 0, 1))
+    return y
 
 
 def cross_scan_applies(x: Tensor, backend: str, weights: tuple) -> bool:

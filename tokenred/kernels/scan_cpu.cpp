@@ -70,6 +70,13 @@ inline double softplus(double x) {
   return x > 20.0 ? x : std::log1p(std::exp(x));     // torch's softplus (beta 1, threshold 20)
 }
 
+// silu(x) = x sigmoid(x), for the z gate of the time-major kernel (exp_fast's clamp keeps the
+// float32 form finite: x below -87 gives x / (1 + e^87), within float32 rounding of x e^x)
+template <typename T>
+__attribute__((always_inline)) inline T silu(T x) {
+  return x / (T(1) + exp_fast(-x));
+}
+
 // decay[t * N + n] = exp(dt_t A_n) for one channel: one contiguous loop the compiler vectorises
 // with the math library's vector exp. Used by the backward and by the forward at other N or in
 // float64; the float32 forward at N = 16 computes its decays inline in the step instead (at
@@ -253,10 +260,15 @@ inline void block_step(const T* __restrict ut, const T* __restrict rt, const T* 
   }
 }
 
+// u, dt_raw, y: [L, b, d] with channels contiguous, read and written through their time and
+// batch strides (st: {u's, dt_raw's, y's} x {time, batch}): time-major [L, b, d] storage (VMamba)
+// or batch-outer [b, L, d] storage (Vim at batch > 1). z: the gate (y * silu(z)), read through
+// its strides (zs: time, batch, channel), or null.
 template <typename T, int NS>
 void scan_forward_time_major(const T* u, const T* dt_raw, const T* bias, const T* A,
-                             const T* Bt, const T* Ct, const T* Dskip, T* y, int64_t L,
-                             int64_t b, int64_t d, int64_t N, int64_t G, bool use_softplus) {
+                             const T* Bt, const T* Ct, const T* Dskip, const T* z,
+                             const int64_t* zs, T* y, const int64_t* st, int64_t L, int64_t b,
+                             int64_t d, int64_t N, int64_t G, bool use_softplus) {
   const int64_t per_group = d / G;
   const int64_t blocks = (per_group + kBlock - 1) / kBlock;
   const int64_t n_states = NS > 0 ? NS : N;
@@ -270,15 +282,24 @@ void scan_forward_time_major(const T* u, const T* dt_raw, const T* bias, const T
       const T* bias_c = bias + c0;
       const T* D_c = Dskip + c0;
       for (int64_t t = 0; t < L; ++t) {
-        const int64_t row = (t * b + bi) * d + c0;
-        const T* __restrict ut = u + row;
-        const T* __restrict rt = dt_raw + row;
+        const T* __restrict ut = u + t * st[0] + bi * st[1] + c0;
+        const T* __restrict rt = dt_raw + t * st[2] + bi * st[3] + c0;
         const T* bt = Bt + ((t * b + bi) * G + g) * n_states;
         const T* ct = Ct + ((t * b + bi) * G + g) * n_states;
-        T* __restrict yt = y + row;
+        T* __restrict yt = y + t * st[4] + bi * st[5] + c0;
         block_step<T, NS>(ut, rt, bias_c, D_c, bt, ct, h.data(), At.data(), dt.data(),
                           acc.data(), w, N, use_softplus);
-        for (int64_t j = 0; j < w; ++j) yt[j] = acc[j];
+        const T* __restrict accv = acc.data();
+        if (z == nullptr) {
+          for (int64_t j = 0; j < w; ++j) yt[j] = accv[j];
+        } else {
+          const T* __restrict zt = z + t * zs[0] + bi * zs[1] + c0 * zs[2];
+          if (zs[2] == 1) {
+            for (int64_t j = 0; j < w; ++j) yt[j] = accv[j] * silu(zt[j]);
+          } else {   // (a channel-major gate: each of its cache lines serves the next steps)
+            for (int64_t j = 0; j < w; ++j) yt[j] = accv[j] * silu(zt[j * zs[2]]);
+          }
+        }
       }
     }
   });
@@ -286,15 +307,16 @@ void scan_forward_time_major(const T* u, const T* dt_raw, const T* bias, const T
 
 template <typename T>
 void dispatch_forward_time_major(const T* u, const T* dt_raw, const T* bias, const T* A,
-                                 const T* Bt, const T* Ct, const T* Dskip, T* y, int64_t L,
+                                 const T* Bt, const T* Ct, const T* Dskip, const T* z,
+                                 const int64_t* zs, T* y, const int64_t* st, int64_t L,
                                  int64_t b, int64_t d, int64_t N, int64_t G, bool use_softplus) {
   if (N == 1)
-    return scan_forward_time_major<T, 1>(u, dt_raw, bias, A, Bt, Ct, Dskip, y, L, b, d, N, G,
-                                         use_softplus);
+    return scan_forward_time_major<T, 1>(u, dt_raw, bias, A, Bt, Ct, Dskip, z, zs, y, st, L, b,
+                                         d, N, G, use_softplus);
   if (N == 16)
-    return scan_forward_time_major<T, 16>(u, dt_raw, bias, A, Bt, Ct, Dskip, y, L, b, d, N, G,
-                                          use_softplus);
-  scan_forward_time_major<T, 0>(u, dt_raw, bias, A, Bt, Ct, Dskip, y, L, b, d, N, G,
+    return scan_forward_time_major<T, 16>(u, dt_raw, bias, A, Bt, Ct, Dskip, z, zs, y, st, L, b,
+                                          d, N, G, use_softplus);
+  scan_forward_time_major<T, 0>(u, dt_raw, bias, A, Bt, Ct, Dskip, z, zs, y, st, L, b, d, N, G,
                                 use_softplus);
 }
 
@@ -486,11 +508,18 @@ std::vector<torch::Tensor> backward(torch::Tensor u, torch::Tensor dt, torch::Te
   return {du, ddt, dA.sum(0), dB.sum(2), dC.sum(2)};
 }
 
-torch::Tensor forward_time_major(torch::Tensor u, torch::Tensor dt_raw, torch::Tensor bias,
-                                 torch::Tensor A, torch::Tensor Bt, torch::Tensor Ct,
-                                 torch::Tensor Dskip, bool use_softplus) {
-  check_cpu_contiguous({&u, &dt_raw, &bias, &A, &Bt, &Ct, &Dskip}, u);
-  TORCH_CHECK(u.dim() == 3 && dt_raw.sizes() == u.sizes(), "scan_cpu: u, dt must be [L, b, d]");
+// u, dt_raw, y: [L, b, d] views whose channels are contiguous (any time and batch strides; y is
+// written in place); z: empty (no gate) or [L, b, d], any strides
+void forward_time_major(torch::Tensor u, torch::Tensor dt_raw, torch::Tensor bias,
+                        torch::Tensor A, torch::Tensor Bt, torch::Tensor Ct, torch::Tensor Dskip,
+                        bool use_softplus, torch::Tensor z, torch::Tensor y) {
+  check_cpu_contiguous({&bias, &A, &Bt, &Ct, &Dskip}, u);
+  TORCH_CHECK(u.dim() == 3 && dt_raw.sizes() == u.sizes() && y.sizes() == u.sizes(),
+              "scan_cpu: u, dt and y must be [L, b, d]");
+  for (const auto* t : {&u, &dt_raw, &y})
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == u.scalar_type() &&
+                    (t->size(2) == 1 || t->stride(2) == 1),
+                "scan_cpu: u, dt and y must be CPU tensors of one dtype, channels contiguous");
   const int64_t L = u.size(0), b = u.size(1), d = u.size(2);
   TORCH_CHECK(A.dim() == 2 && A.size(0) == d, "scan_cpu: A must be [d, N]");
   TORCH_CHECK(bias.dim() == 1 && bias.size(0) == d && Dskip.dim() == 1 && Dskip.size(0) == d,
@@ -498,15 +527,21 @@ torch::Tensor forward_time_major(torch::Tensor u, torch::Tensor dt_raw, torch::T
   TORCH_CHECK(Bt.dim() == 4 && Bt.sizes() == Ct.sizes() && Bt.size(0) == L && Bt.size(1) == b &&
                   Bt.size(3) == A.size(1) && d % Bt.size(2) == 0,
               "scan_cpu: B, C must be [L, b, G, N]");
-  auto y = torch::empty_like(u);
+  const bool gated = z.numel() > 0;   // (an empty z: no gate)
+  TORCH_CHECK(!gated || (z.device().is_cpu() && z.scalar_type() == u.scalar_type() &&
+                         z.sizes() == u.sizes()),
+              "scan_cpu: z must be empty or [L, b, d] of u's dtype, any strides");
+  const int64_t z_strides[3] = {gated ? z.stride(0) : 0, gated ? z.stride(1) : 0,
+                                gated ? z.stride(2) : 0};
+  const int64_t strides[6] = {u.stride(0), u.stride(1), dt_raw.stride(0), dt_raw.stride(1),
+                              y.stride(0), y.stride(1)};
   AT_DISPATCH_FLOATING_TYPES(u.scalar_type(), "scan_cpu_forward_time_major", [&] {
     dispatch_forward_time_major<scalar_t>(
         u.data_ptr<scalar_t>(), dt_raw.data_ptr<scalar_t>(), bias.data_ptr<scalar_t>(),
         A.data_ptr<scalar_t>(), Bt.data_ptr<scalar_t>(), Ct.data_ptr<scalar_t>(),
-        Dskip.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(), L, b, d, A.size(1), Bt.size(2),
-        use_softplus);
+        Dskip.data_ptr<scalar_t>(), gated ? z.data_ptr<scalar_t>() : nullptr, z_strides,
+        y.data_ptr<scalar_t>(), strides, L, b, d, A.size(1), Bt.size(2), use_softplus);
   });
-  return y;
 }
 
 // dt_raw: Δ's raw values [K, b, L, d], or an empty tensor: then Δ = dt_w applied to the R
@@ -575,7 +610,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("cross_scan_2d", &cross_scan_2d_forward,
         "VMamba SS2D inference: cross-scan, selective scan (softplus, D skip) and cross-merge");
   m.def("forward_time_major", &forward_time_major,
-        "selective scan, inference on time-major inputs (bias, softplus and D skip fused)");
+        "selective scan, inference on time-major inputs (bias, softplus, D skip and z gate fused)");
   m.def("forward", &forward, "selective scan core, forward");
   m.def("backward", &backward, "selective scan core, backward (du, ddt, dA, dB, dC)");
 }

@@ -764,7 +764,7 @@ def _scan_cpp(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
     if not scan_cpp.supports(u, B, C):   # constant [D, N] B/C
         scan = scan_torch_autograd if torch.is_grad_enabled() else scan_torch
         return scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
-    if scan_cpp.time_major_inference(u, delta, B, C):
+    if scan_cpp.channel_last_inference(u, delta, B, C):
         return scan_cpp.scan_cpp_time_major(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
     return scan_cpp.scan_cpp(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
@@ -808,13 +808,32 @@ def is_time_major(t: Tensor) -> bool:
     return t.dim() == 3 and t.permute(2, 0, 1).is_contiguous()
 
 
+def has_contiguous_channels(t: Tensor) -> bool:
+    """A [b, d, L] view whose channels lie next to each other: time-major [L, b, d] storage, or
+    batch-outer [b, L, d] storage (a linear layer's output seen as [b, d, L], as Vim's), or a
+    slice of either; the ``cpp`` inference kernel reads those through their strides."""
+    return t.dim() == 3 and (t.shape[1] == 1 or t.stride(1) == 1)
+
+
+def channel_last_like(u: Tensor, dtype: torch.dtype) -> Tensor:
+    """An empty [b, d, L] view in u's channel-last storage: time-major [L, b, d] when u is,
+    batch-outer [b, L, d] otherwise."""
+    batch, dim, length = u.shape
+    if is_time_major(u):
+        return u.new_empty((length, batch, dim), dtype=dtype).permute(1, 2, 0)
+    return u.new_empty((batch, length, dim), dtype=dtype).transpose(1, 2)
+
+
 def _output_like(u: Tensor, backend: str) -> Tensor:
     """An empty output in the layout ``backend`` returns: the chunked ``torch`` scan's is a
-    [B, D, L] view of time-major [L, B, D] storage (no copy back), and so is ``cpp``'s and
-    ``triton``'s for time-major u; every other one is contiguous."""
+    [B, D, L] view of time-major [L, B, D] storage (no copy back), and so is ``triton``'s for
+    time-major u; ``cpp``'s keeps u's channel-last storage where u's channels are contiguous
+    (``channel_last_like``); every other one is contiguous."""
     dtype = _compute_dtype(u)
-    # (cpp on time-major u keeps that layout; the op is inference only, so no gradient is needed)
-    if backend == "torch" or (backend in ("cpp", "triton") and is_time_major(u)):
+    # (the op is inference only, so no gradient is needed: cpp's choice is its inference kernel's)
+    if backend == "cpp" and has_contiguous_channels(u):
+        return channel_last_like(u, dtype)
+    if backend == "torch" or (backend == "triton" and is_time_major(u)):
         batch, dim, length = u.shape
         return u.new_empty((length, batch, dim), dtype=dtype).permute(1, 2, 0)
     return u.new_empty(u.shape, dtype=dtype)
