@@ -120,3 +120,6 @@ run vmamba_vs_deit_eleventh_b8_run3 1800 $PY benchmarks/vmamba_vs_deit.py --thre
 run compile_vs_eager_eleventh_b1 1500 $PY benchmarks/compile_vs_eager.py --threads 2 --pairs vmamba_tiny_s1l8=none,vmamba_tiny_s1l8=quartermap,medmamba_tiny=none,medmamba_tiny=quartermap --json $R/compile_vs_eager_eleventh_b1.json
 # after the fused MLP's rule stopped breaking compiled graphs at every MLP (one graph per model)
 run compile_vs_eager_eleventh_onegraph_b1 1800 $PY benchmarks/compile_vs_eager.py --threads 2 --pairs vmamba_tiny_s1l8=none,vmamba_tiny_s1l8=quartermap,medmamba_tiny=none,medmamba_tiny=quartermap,vim_small=none,vim_small=topvim --json $R/compile_vs_eager_eleventh_onegraph_b1.json
+# after the z gate moved into the time-major kernel and Vim's batch-outer inputs took that kernel
+run vim_vs_deit_eleventh_gate_b1 900 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --reference no --json $R/vim_vs_deit_eleventh_gate_b1.json
+run vim_vs_deit_eleventh_gate_b8 1800 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --batch-size 8 --reference no --iters 10 --json $R/vim_vs_deit_eleventh_gate_b8.json

@@ -218,9 +218,9 @@ def spy_fused_dt(monkeypatch, in_kernel: bool) -> list:
         def __getattr__(self, name):
             return getattr(module, name)
 
-        def cross_scan_2d(self, x, dts, *rest):
+        def cross_scan_2d(self, x, orders, dts, *rest):
             seen.append(dts.numel() == 0)
-            return module.cross_scan_2d(x, dts, *rest)
+            return module.cross_scan_2d(x, orders, dts, *rest)
 
     monkeypatch.setattr(scan_cpp, "load", Spy)
     return seen
@@ -278,6 +278,52 @@ def test_fused_ss2d_equals_the_generic_path(d_state, ratio, height, width, dt_in
     assert rel_err(got, want.double()) < 1e-5
     # (the generic path takes A, D and Δ's bias through float32, as VMamba does: 1e-8, not 1e-12)
     assert got64.dtype == torch.float64 and rel_err(got64, ref64) < 1e-8
+
+
+@pytest.mark.parametrize("dt_in_kernel", [False, True])
+@pytest.mark.parametrize("d_state,shared", [(1, False), (1, True), (16, False)])
+def test_fused_ss2d_on_a_token_subset_equals_the_generic_path(d_state, shared, dt_in_kernel,
+                                                              monkeypatch):
+    """A grid reducer's kept tokens (random_drop, ToMe's destinations): the fused kernel visits
+    them in the four orders of their positions, per sample or shared, as scan_tokens does."""
+    from tokenred.layers.ss2d import SS2D
+
+    in_kernel = spy_fused_dt(monkeypatch, dt_in_kernel)
+    torch.manual_seed(1)
+    height, width, count, batch = 9, 7, 25, 3
+    layer = SS2D(40 if d_state > 1 else 96, d_state, 2.0 if d_state > 1 else 1.0, "auto").eval()
+    x = torch.randn(batch, count, layer.d_inner)
+    picks = [torch.randperm(height * width)[:count] for _ in range(1 if shared else batch)]
+    positions = torch.stack([torch.stack([p // width, p % width], dim=-1) for p in picks])
+    positions = positions[0] if shared else positions            # [T, 2] or [B, T, 2]
+    with torch.inference_mode():
+        layer.scan_backend = "torch"
+        want = layer.scan_tokens(x, positions, height, width)
+        layer.scan_backend = "cpp"
+        got = layer.scan_tokens(x, positions, height, width)
+        layer.scan_backend = "reference"
+        ref64 = layer.double().scan_tokens(x.double(), positions, height, width)
+        layer.scan_backend = "cpp"
+        got64 = layer.scan_tokens(x.double(), positions, height, width)
+    assert in_kernel == [dt_in_kernel] * 2
+    assert got.shape == want.shape == (batch, count, layer.d_inner)
+    assert rel_err(got, want.double()) < 1e-5
+    assert got64.dtype == torch.float64 and rel_err(got64, ref64) < 1e-8
+
+
+def test_the_fused_kernel_refuses_orders_that_are_not_permutations():
+    from tokenred.layers.ss2d import SS2D
+
+    layer = SS2D(16, 1, 1.0, "auto").eval()
+    weights = (layer.x_proj_weight, layer.dt_projs_weight, layer.dt_projs_bias, layer.A_logs,
+               layer.Ds)
+    x = torch.randn(2, 5, layer.d_inner)
+    good = torch.arange(5)
+    with torch.inference_mode():
+        scan_cpp.cross_scan_tokens(x, good, good.flip(0), *weights)
+        for bad in (torch.tensor([0, 1, 1, 3, 4]), torch.tensor([0, 1, 2, 3, 5])):
+            with pytest.raises(RuntimeError, match="permutations of 0..L-1"):
+                scan_cpp.cross_scan_tokens(x, good, bad, *weights)
 
 
 def test_the_fused_kernel_on_an_empty_batch():

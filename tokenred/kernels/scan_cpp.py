@@ -275,6 +275,14 @@ IN_KERNEL_DT_MAX_RANK = 8
 IN_KERNEL_DT_MIN_VALUES = 0
 
 
+def map_orders(height: int, width: int) -> Tensor:
+    """The four directions' visiting orders of a height x width map's row-major positions, as
+    [4, 1, L] int64: row-major, column-major, both reversed."""
+    rows = torch.arange(height * width)
+    cols = torch.arange(height * width).view(height, width).t().reshape(-1)
+    return torch.stack([rows, cols, rows.flip(0), cols.flip(0)]).unsqueeze(1)
+
+
 def cross_scan_2d(x: Tensor, x_proj_weight: Tensor, dt_projs_weight: Tensor,
                   dt_projs_bias: Tensor, A_logs: Tensor, Ds: Tensor) -> Tensor:
     """VMamba's four-direction cross-scan, selective scan and cross-merge of a channel-last map
@@ -283,12 +291,33 @@ def cross_scan_2d(x: Tensor, x_proj_weight: Tensor, dt_projs_weight: Tensor,
     own positions, so the four direction sequences are never built, flipped or merged.
     Same result as the generic path up to float32 rounding."""
     batch, height, width, dim = x.shape
+    out = cross_scan(x.reshape(batch, height * width, dim), map_orders(height, width),
+                     x_proj_weight, dt_projs_weight, dt_projs_bias, A_logs, Ds)
+    return out.view(batch, height, width, dim)
+
+
+def cross_scan_tokens(x: Tensor, by_row: Tensor, by_col: Tensor, x_proj_weight: Tensor,
+                      dt_projs_weight: Tensor, dt_projs_bias: Tensor, A_logs: Tensor,
+                      Ds: Tensor) -> Tensor:
+    """The same kernel on the tokens a grid reducer kept, x [B, T, D]: direction 0 visits them
+    in ``by_row`` order (indices into T, [B, T] or shared [T]), direction 1 in ``by_col`` order,
+    2 and 3 in both reversed; returns [B, T, D] in x's order (``SS2D.scan_tokens``'s result)."""
+    orders = torch.stack([by_row, by_col, by_row.flip(-1), by_col.flip(-1)])
+    orders = orders if orders.dim() == 3 else orders.unsqueeze(1)
+    return cross_scan(x, orders.to("cpu", torch.long).contiguous(), x_proj_weight,
+                      dt_projs_weight, dt_projs_bias, A_logs, Ds)
+
+
+def cross_scan(x: Tensor, orders: Tensor, x_proj_weight: Tensor, dt_projs_weight: Tensor,
+               dt_projs_bias: Tensor, A_logs: Tensor, Ds: Tensor) -> Tensor:
+    """The fused kernel on tokens x [B, L, D] whose four directions visit them in ``orders``
+    ([4, 1 or B, L], each row a permutation of 0..L-1)."""
+    batch, length, dim = x.shape
     k, proj_dim, _ = x_proj_weight.shape
     ct = torch.float64 if x.dtype == torch.float64 else torch.float32
     if x.numel() == 0:      # (an empty Δ tensor tells the kernel to compute Δ itself)
         return x.new_zeros(x.shape, dtype=ct)
     x = x.to(ct).contiguous()
-    length = height * width
     rank = dt_projs_weight.shape[2]
     n = (proj_dim - rank) // 2
     proj = F.linear(x.view(batch * length, dim), x_proj_weight.to(ct).reshape(k * proj_dim, dim))
@@ -301,7 +330,8 @@ def cross_scan_2d(x: Tensor, x_proj_weight: Tensor, dt_projs_weight: Tensor,
         dts = torch.bmm(proj[..., :rank].transpose(0, 1), dt_w.transpose(1, 2)).view(
             k, batch, length, dim)
         dt_rank_major = x.new_empty(0)
-    return load().cross_scan_2d(x, dts, dt_rank_major, proj.view(batch, length, k, proj_dim),
+    return load().cross_scan_2d(x, orders, dts, dt_rank_major,
+                                proj.view(batch, length, k, proj_dim),
                                 (-torch.exp(A_logs.to(ct))).contiguous(),
                                 dt_projs_bias.to(ct).reshape(-1).contiguous(),
                                 Ds.to(ct).contiguous(), rank, rank + n)

@@ -321,11 +321,14 @@ void dispatch_forward_time_major(const T* u, const T* dt_raw, const T* bias, con
 }
 
 // VMamba's SS2D for inference in one pass: the four-direction cross-scan, the selective scan and
-// the cross-merge over the channel-last map, without building the four direction sequences.
-// Direction k visits the map's L = H*W positions row-major (0), column-major (1), and both
-// reversed (2, 3); the per-token projections do not depend on that order, so x_proj runs once on
-// the map (row-major positions) and read here at each direction's position.
-//   x: [b, L, d] (the map; u of every direction)   dt_raw: [K, b, L, d] or null (see below)
+// the cross-merge over L channel-last tokens (a whole map, or the tokens a grid reducer kept),
+// without building the four direction sequences. Direction k visits the tokens in its own order
+// (order[k]: for a map row-major, column-major, and both reversed; for a token subset the same
+// orders of their positions), one table for the batch or one per sample; the per-token
+// projections do not depend on that order, so x_proj runs once on the tokens and is read here at
+// each direction's token.
+//   x: [b, L, d] (u of every direction)   order: [K, Bo, L], each row a permutation of 0..L-1,
+//   Bo = 1 (shared) or b   dt_raw: [K, b, L, d] or null (see below)
 //   proj: [b, L, K, P] rows holding B at offset b_off and C at c_off (N values each)
 //   A: [K*d, N]   bias, Dskip: [K*d]   out: [b, L, d] = the sum of the four directions' y
 // Work items are (batch, block of channels); each runs its block through all four directions,
@@ -335,11 +338,6 @@ constexpr int64_t kAhead = 8;
 template <typename T>
 inline void prefetch_row(const T* row, int64_t w) {
   for (int64_t j = 0; j < w; j += 64 / static_cast<int64_t>(sizeof(T))) __builtin_prefetch(row + j);
-}
-
-inline int64_t direction_position(int64_t k, int64_t t, int64_t H, int64_t W, int64_t L) {
-  const int64_t s = k >= 2 ? L - 1 - t : t;
-  return (k % 2 == 0) ? s : (s % H) * W + s / H;
 }
 
 // channel blocks of kBlock; when there are too few work items to keep every thread busy (a
@@ -371,18 +369,12 @@ inline void low_rank_dt(const T* __restrict low, const T* __restrict wr, T* __re
 // low-rank values at offset 0 of each proj row and dt_w [K, R, d] (rank-major), which saves
 // writing and re-reading a [K, b, L, d] tensor where the rank is small.
 template <typename T, int NS>
-void cross_scan_2d(const T* x, const T* dt_raw, const T* dt_w, int64_t R, const T* proj,
-                   const T* A, const T* bias, const T* Dskip, T* out, int64_t b, int64_t H,
-                   int64_t W, int64_t d, int64_t N, int64_t K, int64_t P, int64_t b_off,
-                   int64_t c_off) {
-  const int64_t L = H * W;
+void cross_scan_2d(const T* x, const int64_t* order, int64_t Bo, const T* dt_raw, const T* dt_w,
+                   int64_t R, const T* proj, const T* A, const T* bias, const T* Dskip, T* out,
+                   int64_t b, int64_t L, int64_t d, int64_t N, int64_t K, int64_t P,
+                   int64_t b_off, int64_t c_off) {
   const int64_t bw = block_width(b, d);
   const int64_t blocks = (d + bw - 1) / bw;
-  // every direction's map position at each step, once per call (the divisions per step cost
-  // about as much as a 48-channel step's arithmetic)
-  std::vector<int64_t> order(K * L);
-  for (int64_t k = 0; k < K; ++k)
-    for (int64_t t = 0; t < L; ++t) order[k * L + t] = direction_position(k, t, H, W, L);
   const int64_t n_states = NS > 0 ? NS : N;
   at::parallel_for(0, b * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> h(n_states * kBlock), At(n_states * kBlock), dt(kBlock), acc(kBlock),
@@ -395,7 +387,7 @@ void cross_scan_2d(const T* x, const T* dt_raw, const T* dt_w, int64_t R, const 
         start_block(A, ch0, w, n_states, At.data(), h.data());
         const T* bias_c = bias + ch0;
         const T* D_c = Dskip + ch0;
-        const int64_t* positions = order.data() + k * L;
+        const int64_t* positions = order + (k * Bo + (Bo == 1 ? 0 : bi)) * L;
         for (int64_t t = 0; t < L; ++t) {
           const int64_t p = positions[t];
           if (t + kAhead < L) {   // the rows a few steps on: column-major steps jump W*d apart
@@ -546,20 +538,39 @@ void forward_time_major(torch::Tensor u, torch::Tensor dt_raw, torch::Tensor bia
 
 // dt_raw: Δ's raw values [K, b, L, d], or an empty tensor: then Δ = dt_w applied to the R
 // low-rank values at the start of each proj row (dt_w: [K, R, d])
-torch::Tensor cross_scan_2d_forward(torch::Tensor x, torch::Tensor dt_raw, torch::Tensor dt_w,
-                                    torch::Tensor proj, torch::Tensor A, torch::Tensor bias,
-                                    torch::Tensor Dskip, int64_t b_off, int64_t c_off) {
+torch::Tensor cross_scan_2d_forward(torch::Tensor x, torch::Tensor order, torch::Tensor dt_raw,
+                                    torch::Tensor dt_w, torch::Tensor proj, torch::Tensor A,
+                                    torch::Tensor bias, torch::Tensor Dskip, int64_t b_off,
+                                    int64_t c_off) {
   const bool raw_given = dt_raw.numel() > 0;
   check_cpu_contiguous({&x, &dt_raw, &dt_w, &proj, &A, &bias, &Dskip}, x, true);
-  TORCH_CHECK(x.dim() == 4, "cross_scan_2d: x must be [b, H, W, d]");
-  const int64_t b = x.size(0), H = x.size(1), W = x.size(2), d = x.size(3);
-  TORCH_CHECK(proj.dim() == 4 && proj.size(0) == b && proj.size(1) == H * W,
+  TORCH_CHECK(x.dim() == 3, "cross_scan_2d: x must be [b, L, d]");
+  const int64_t b = x.size(0), L = x.size(1), d = x.size(2);
+  TORCH_CHECK(proj.dim() == 4 && proj.size(0) == b && proj.size(1) == L,
               "cross_scan_2d: proj must be [b, L, K, P]");
   const int64_t K = proj.size(2), N = A.size(1);
+  TORCH_CHECK(order.device().is_cpu() && order.scalar_type() == torch::kLong &&
+                  order.is_contiguous() && order.dim() == 3 && order.size(0) == K &&
+                  (order.size(1) == 1 || order.size(1) == b) && order.size(2) == L,
+              "cross_scan_2d: order must be contiguous int64 [K, 1 or b, L]");
+  const int64_t Bo = order.size(1);
+  {   // every direction visits every token once: the first writes each output row, the rest add
+    const int64_t* o = order.data_ptr<int64_t>();
+    std::vector<char> seen(L);
+    for (int64_t row = 0; row < K * Bo; ++row) {
+      std::fill(seen.begin(), seen.end(), 0);
+      for (int64_t t = 0; t < L; ++t) {
+        const int64_t p = o[row * L + t];
+        TORCH_CHECK(p >= 0 && p < L && !seen[p], "cross_scan_2d: order rows must be "
+                    "permutations of 0..L-1");
+        seen[p] = 1;
+      }
+    }
+  }
   int64_t R = 0;
   if (raw_given) {
     TORCH_CHECK(dt_raw.dim() == 4 && dt_raw.size(0) == K && dt_raw.size(1) == b &&
-                    dt_raw.size(2) == H * W && dt_raw.size(3) == d,
+                    dt_raw.size(2) == L && dt_raw.size(3) == d,
                 "cross_scan_2d: dt must be [K, b, L, d]");
   } else {
     TORCH_CHECK(dt_w.dim() == 3 && dt_w.size(0) == K && dt_w.size(2) == d && dt_w.size(1) >= 1 &&
@@ -576,12 +587,12 @@ torch::Tensor cross_scan_2d_forward(torch::Tensor x, torch::Tensor dt_raw, torch
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "scan_cpu_cross_scan_2d", [&] {
     auto run = [&](auto tag) {
       constexpr int NS = decltype(tag)::value;
-      cross_scan_2d<scalar_t, NS>(x.data_ptr<scalar_t>(),
+      cross_scan_2d<scalar_t, NS>(x.data_ptr<scalar_t>(), order.data_ptr<int64_t>(), Bo,
                                   raw_given ? dt_raw.data_ptr<scalar_t>() : nullptr,
                                   raw_given ? nullptr : dt_w.data_ptr<scalar_t>(), R,
                                   proj.data_ptr<scalar_t>(), A.data_ptr<scalar_t>(),
                                   bias.data_ptr<scalar_t>(), Dskip.data_ptr<scalar_t>(),
-                                  out.data_ptr<scalar_t>(), b, H, W, d, N, K, proj.size(3),
+                                  out.data_ptr<scalar_t>(), b, L, d, N, K, proj.size(3),
                                   b_off, c_off);
     };
     if (N == 1) run(std::integral_constant<int, 1>{});
@@ -608,7 +619,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("parallel_threads", &parallel_threads,
         "the number of threads at::parallel_for splits `items` work items over");
   m.def("cross_scan_2d", &cross_scan_2d_forward,
-        "VMamba SS2D inference: cross-scan, selective scan (softplus, D skip) and cross-merge");
+        "VMamba SS2D inference on a map or a token subset: cross-scan, selective scan (softplus, "
+        "D skip) and cross-merge in the given direction orders");
   m.def("forward_time_major", &forward_time_major,
         "selective scan, inference on time-major inputs (bias, softplus, D skip and z gate fused)");
   m.def("forward", &forward, "selective scan core, forward");

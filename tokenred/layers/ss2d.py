@@ -5,7 +5,8 @@ under ``layers.<stage>.blocks.<j>`` is a site at the map entering its cross-scan
 
 SS2D lays the four scan directions out time-major, which is what tokenred's ``torch`` scan
 backend works in, so no transposes are needed around the scan. On the ``cpp`` backend, inference
-runs the cross-scan, scan and cross-merge as one kernel on the map itself.
+runs the cross-scan, scan and cross-merge as one kernel on the map itself, or on the tokens a grid
+reducer kept (in the same four orders of their positions).
 """
 from __future__ import annotations
 
@@ -155,6 +156,12 @@ class SS2D(nn.Module):
         positions = positions.to(x.device)
         by_row = (positions[..., 0] * width + positions[..., 1]).argsort(dim=-1)
         by_col = (positions[..., 1] * height + positions[..., 0]).argsort(dim=-1)
+        weights = (self.x_proj_weight, self.dt_projs_weight, self.dt_projs_bias, self.A_logs,
+                   self.Ds)
+        if scan_cpp.cross_scan_applies(x, resolve_backend(self.scan_backend, x.device), weights):
+            # (cpp inference: the fused kernel visits the kept tokens in each direction's order,
+            # as it visits a whole map, so reduced and full maps take the same kind of kernel)
+            return scan_cpp.cross_scan_tokens(x, by_row, by_col, *weights)
         xs = x.new_empty(count, batch, K_DIRECTIONS, dim)
         xs[:, :, 0] = take_tokens(x, by_row).transpose(0, 1)
         xs[:, :, 1] = take_tokens(x, by_col).transpose(0, 1)
