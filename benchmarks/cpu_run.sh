@@ -123,3 +123,6 @@ run compile_vs_eager_eleventh_onegraph_b1 1800 $PY benchmarks/compile_vs_eager.p
 # after the z gate moved into the time-major kernel and Vim's batch-outer inputs took that kernel
 run vim_vs_deit_eleventh_gate_b1 900 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --reference no --json $R/vim_vs_deit_eleventh_gate_b1.json
 run vim_vs_deit_eleventh_gate_b8 1800 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --batch-size 8 --reference no --iters 10 --json $R/vim_vs_deit_eleventh_gate_b8.json
+# the grid methods and QuarterMap's site choice with the default backend (cpp since the tenth
+# session; the 2026-11-27 runs were with the torch scan), after the token subsets took the fused kernel
+run grid_methods_eleventh_b8 3000 $PY benchmarks/grid_methods.py --where --json $R/grid_methods_eleventh_b8.json

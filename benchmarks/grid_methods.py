@@ -9,9 +9,10 @@ Part 2 (always): the reduction's own cost — each method's reduce + restore alo
 stage's size (the scan between them left out), so the merge/unmerge overhead ToMe carries and
 QuarterMap avoids is measured directly rather than inferred.
 
-Part 0 (always): where an unreduced forward's time goes — the time inside SS2D's scan step
-(x_proj, dt_proj and the selective scan of the four directions) per stage, against its share of
-the MACs: it shows why the grid methods' speedups are not proportional to their FLOP cuts.
+Part 0 (always): where an unreduced forward's time goes — the time inside SS2D's cross-scan
+(the four directions' layout, x_proj, dt_proj, the selective scan and the cross-merge, or the
+fused kernel doing all of it) per stage, against the scan step's share of the MACs: it shows
+why the grid methods' speedups are not proportional to their FLOP cuts.
 
 Part 3 (``--where``): QuarterMap on each stage alone and on stage sets, for choosing where to
 reduce (speed and FLOPs here; pass ``--data DIR --checkpoint FILE`` to tokenred compare with the
@@ -77,7 +78,10 @@ def time_models(models: dict, gflops: dict, tokens: dict, args, batch: int, warm
 
 
 def scan_time_share(args, batch: int, reps: int) -> dict:
-    """Milliseconds per forward spent in SS2D.scan_directions, by sequence length (stage)."""
+    """Milliseconds per forward spent in SS2D.scan_2d — the cross-scan: the four directions'
+    layout, x_proj, dt_proj, the selective scan and the cross-merge, or the fused kernel that
+    does all of it (``cpp`` inference) — by map size (stage). (Until the eleventh session this
+    timed ``scan_directions``, which the fused kernel never calls: it printed 0% with ``cpp``.)"""
     from tokenred.backbones.vmamba import SS2D
 
     torch.manual_seed(0)
@@ -87,19 +91,20 @@ def scan_time_share(args, batch: int, reps: int) -> dict:
     except ImportError:
         macs = {"none": float("nan")}
     spent: dict = {}
-    original = SS2D.scan_directions
+    original = SS2D.scan_2d
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
-    def timed(self, xs):
+    def timed(self, x_map):
         sync()
         t0 = time.perf_counter()
-        y = original(self, xs)
+        y = original(self, x_map)
         sync()
-        spent[xs.shape[0]] = spent.get(xs.shape[0], 0.0) + time.perf_counter() - t0
+        length = x_map.shape[1] * x_map.shape[2]
+        spent[length] = spent.get(length, 0.0) + time.perf_counter() - t0
         return y
 
     x = torch.randn(batch, 3, 224, 224, device=args.device)
-    SS2D.scan_directions = timed
+    SS2D.scan_2d = timed
     try:
         with torch.inference_mode():
             model(x)
@@ -112,13 +117,13 @@ def scan_time_share(args, batch: int, reps: int) -> dict:
                 sync()
                 total += time.perf_counter() - t0
     finally:
-        SS2D.scan_directions = original
+        SS2D.scan_2d = original
     forward_ms = 1e3 * total / reps
     scan_macs = macs.get("bmm", 0) + macs.get("selective_scan", 0)
     rows = {f"L={length}": 1e3 * t / reps for length, t in sorted(spent.items(), reverse=True)}
     share = sum(rows.values()) / forward_ms
-    print(f"\nunreduced forward {forward_ms:.1f} ms (batch {batch}); in the scan step "
-          f"(x_proj, dt_proj, selective scan): "
+    print(f"\nunreduced forward {forward_ms:.1f} ms (batch {batch}); in the cross-scan "
+          f"(direction layout, x_proj, dt_proj, selective scan, cross-merge): "
           + ", ".join(f"{k} {v:.1f} ms" for k, v in rows.items())
           + f" = {100 * share:.0f}% of the time for {100 * scan_macs / sum(macs.values()):.1f}% "
             f"of the MACs")
