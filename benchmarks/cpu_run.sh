@@ -105,24 +105,24 @@ run scan_setting_blocks_tenth 1200 $PY benchmarks/scan_setting.py --threads 2 --
 run medmamba_old_vs_new_tenth_b8 1800 bash benchmarks/old_vs_new.sh d43502c medmamba_tiny 8
 run vmamba_vs_deit_tenth_after_b1_run2 900 $PY benchmarks/vmamba_vs_deit.py --threads 2 --reference no --json $R/vmamba_vs_deit_tenth_after_b1_run2.json
 run vmamba_vs_deit_tenth_after_b8_run2 1800 $PY benchmarks/vmamba_vs_deit.py --threads 2 --batch-size 8 --reference no --iters 10 --json $R/vmamba_vs_deit_tenth_after_b8_run2.json
-# eleventh session: the cpp build with -fopenmp (without it at::parallel_for ran every kernel on
+# twelfth session: the cpp build with -fopenmp (without it at::parallel_for ran every kernel on
 # one thread) against the build without it, then the goals again
-run cpp_flags_eleventh_omp_b1 1200 $PY benchmarks/cpp_flags.py --threads 2 --drop=-fopenmp --json $R/cpp_flags_eleventh_omp_b1.json
-run cpp_flags_eleventh_omp_b8 1800 $PY benchmarks/cpp_flags.py --threads 2 --batch-size 8 --iters 10 --models vmamba_tiny_s1l8,medmamba_tiny --drop=-fopenmp --json $R/cpp_flags_eleventh_omp_b8.json
-run vmamba_vs_deit_eleventh_b1 900 $PY benchmarks/vmamba_vs_deit.py --threads 2 --json $R/vmamba_vs_deit_eleventh_b1.json
-run vmamba_vs_deit_eleventh_b8 1800 $PY benchmarks/vmamba_vs_deit.py --threads 2 --batch-size 8 --reference no --iters 10 --json $R/vmamba_vs_deit_eleventh_b8.json
-run medmamba_vs_deit_eleventh_b8 1800 $PY benchmarks/vmamba_vs_deit.py --ssm medmamba_tiny --threads 2 --batch-size 8 --reference no --iters 10 --json $R/medmamba_vs_deit_eleventh_b8.json
-run vim_vs_deit_eleventh_b1 900 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --reference no --json $R/vim_vs_deit_eleventh_b1.json
-run scan_eleventh_n16 900 $PY benchmarks/selective_scan.py --threads 2 --only N16 --json $R/scan_eleventh_n16.json
-run vmamba_vs_deit_eleventh_b1_run2 900 $PY benchmarks/vmamba_vs_deit.py --threads 2 --reference no --json $R/vmamba_vs_deit_eleventh_b1_run2.json
-run vmamba_vs_deit_eleventh_b8_run2 1800 $PY benchmarks/vmamba_vs_deit.py --threads 2 --batch-size 8 --reference no --iters 10 --json $R/vmamba_vs_deit_eleventh_b8_run2.json
-run vmamba_vs_deit_eleventh_b8_run3 1800 $PY benchmarks/vmamba_vs_deit.py --threads 2 --batch-size 8 --reference no --iters 10 --json $R/vmamba_vs_deit_eleventh_b8_run3.json
-run compile_vs_eager_eleventh_b1 1500 $PY benchmarks/compile_vs_eager.py --threads 2 --pairs vmamba_tiny_s1l8=none,vmamba_tiny_s1l8=quartermap,medmamba_tiny=none,medmamba_tiny=quartermap --json $R/compile_vs_eager_eleventh_b1.json
+run cpp_flags_twelfth_omp_b1 1200 $PY benchmarks/cpp_flags.py --threads 2 --drop=-fopenmp --json $R/cpp_flags_twelfth_omp_b1.json
+run cpp_flags_twelfth_omp_b8 1800 $PY benchmarks/cpp_flags.py --threads 2 --batch-size 8 --iters 10 --models vmamba_tiny_s1l8,medmamba_tiny --drop=-fopenmp --json $R/cpp_flags_twelfth_omp_b8.json
+run vmamba_vs_deit_twelfth_b1 900 $PY benchmarks/vmamba_vs_deit.py --threads 2 --json $R/vmamba_vs_deit_twelfth_b1.json
+run vmamba_vs_deit_twelfth_b8 1800 $PY benchmarks/vmamba_vs_deit.py --threads 2 --batch-size 8 --reference no --iters 10 --json $R/vmamba_vs_deit_twelfth_b8.json
+run medmamba_vs_deit_twelfth_b8 1800 $PY benchmarks/vmamba_vs_deit.py --ssm medmamba_tiny --threads 2 --batch-size 8 --reference no --iters 10 --json $R/medmamba_vs_deit_twelfth_b8.json
+run vim_vs_deit_twelfth_b1 900 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --reference no --json $R/vim_vs_deit_twelfth_b1.json
+run scan_twelfth_n16 900 $PY benchmarks/selective_scan.py --threads 2 --only N16 --json $R/scan_twelfth_n16.json
+run vmamba_vs_deit_twelfth_b1_run2 900 $PY benchmarks/vmamba_vs_deit.py --threads 2 --reference no --json $R/vmamba_vs_deit_twelfth_b1_run2.json
+run vmamba_vs_deit_twelfth_b8_run2 1800 $PY benchmarks/vmamba_vs_deit.py --threads 2 --batch-size 8 --reference no --iters 10 --json $R/vmamba_vs_deit_twelfth_b8_run2.json
+run vmamba_vs_deit_twelfth_b8_run3 1800 $PY benchmarks/vmamba_vs_deit.py --threads 2 --batch-size 8 --reference no --iters 10 --json $R/vmamba_vs_deit_twelfth_b8_run3.json
+run compile_vs_eager_twelfth_b1 1500 $PY benchmarks/compile_vs_eager.py --threads 2 --pairs vmamba_tiny_s1l8=none,vmamba_tiny_s1l8=quartermap,medmamba_tiny=none,medmamba_tiny=quartermap --json $R/compile_vs_eager_twelfth_b1.json
 # after the fused MLP's rule stopped breaking compiled graphs at every MLP (one graph per model)
-run compile_vs_eager_eleventh_onegraph_b1 1800 $PY benchmarks/compile_vs_eager.py --threads 2 --pairs vmamba_tiny_s1l8=none,vmamba_tiny_s1l8=quartermap,medmamba_tiny=none,medmamba_tiny=quartermap,vim_small=none,vim_small=topvim --json $R/compile_vs_eager_eleventh_onegraph_b1.json
+run compile_vs_eager_twelfth_onegraph_b1 1800 $PY benchmarks/compile_vs_eager.py --threads 2 --pairs vmamba_tiny_s1l8=none,vmamba_tiny_s1l8=quartermap,medmamba_tiny=none,medmamba_tiny=quartermap,vim_small=none,vim_small=topvim --json $R/compile_vs_eager_twelfth_onegraph_b1.json
 # after the z gate moved into the time-major kernel and Vim's batch-outer inputs took that kernel
-run vim_vs_deit_eleventh_gate_b1 900 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --reference no --json $R/vim_vs_deit_eleventh_gate_b1.json
-run vim_vs_deit_eleventh_gate_b8 1800 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --batch-size 8 --reference no --iters 10 --json $R/vim_vs_deit_eleventh_gate_b8.json
+run vim_vs_deit_twelfth_gate_b1 900 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --reference no --json $R/vim_vs_deit_twelfth_gate_b1.json
+run vim_vs_deit_twelfth_gate_b8 1800 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --batch-size 8 --reference no --iters 10 --json $R/vim_vs_deit_twelfth_gate_b8.json
 # the grid methods and QuarterMap's site choice with the default backend (cpp since the tenth
 # session; the 2026-11-27 runs were with the torch scan), after the token subsets took the fused kernel
-run grid_methods_eleventh_b8 3000 $PY benchmarks/grid_methods.py --where --json $R/grid_methods_eleventh_b8.json
+run grid_methods_twelfth_b8 3000 $PY benchmarks/grid_methods.py --where --json $R/grid_methods_twelfth_b8.json

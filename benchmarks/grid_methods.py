@@ -80,7 +80,7 @@ def time_models(models: dict, gflops: dict, tokens: dict, args, batch: int, warm
 def scan_time_share(args, batch: int, reps: int) -> dict:
     """Milliseconds per forward spent in SS2D.scan_2d — the cross-scan: the four directions'
     layout, x_proj, dt_proj, the selective scan and the cross-merge, or the fused kernel that
-    does all of it (``cpp`` inference) — by map size (stage). (Until the eleventh session this
+    does all of it (``cpp`` inference) — by map size (stage). (Until the twelfth session this
     timed ``scan_directions``, which the fused kernel never calls: it printed 0% with ``cpp``.)"""
     from tokenred.backbones.vmamba import SS2D
 

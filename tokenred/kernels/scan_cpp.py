@@ -38,7 +38,7 @@ def _compiler_flags() -> tuple:
     the math library's vector exp and reassociate the N-state sums (float32 rounding differences
     only). -fopenmp where torch's intra-op threads are OpenMP's: ATen's ``at::parallel_for`` is a
     header template whose ``#pragma omp parallel`` a build without the flag ignores, so every
-    kernel ran on one thread whatever ``torch.get_num_threads()`` said (until the eleventh
+    kernel ran on one thread whatever ``torch.get_num_threads()`` said (until the twelfth
     session; VMamba-T's stage-0 SS2D kernel at batch 8, 2 threads: 15.4 -> 8.3 ms). On x86-64,
     512-bit vectors where the CPU has them: GCC otherwise prefers 256-bit ones on AVX-512 CPUs,
     and its 16-wide steps made whole forwards 1.02-1.04x (VMamba-T), 1.10-1.18x (MedMamba-T) and
@@ -266,7 +266,7 @@ def cross_scan_applies(x: Tensor, backend: str, weights: tuple) -> bool:
 #: when the fused SS2D kernel computes Δ itself from the low-rank values (R axpys per step over a
 #: block of channels, weights in L1) instead of reading a [K, B, L, D] tensor written by a matmul:
 #: at small ranks, of any size (a floor on the tensor's size is the second knob: 0). Measured
-#: (kernel alone, 2 threads, Intel Xeon, eleventh session, once the kernel ran on both threads):
+#: (kernel alone, 2 threads, Intel Xeon, twelfth session, once the kernel ran on both threads):
 #: rank 6 (VMamba-T stage 0) at batch 8 9.7 -> 8.2 ms, batch 1 1.38 -> 1.23 ms, a 16 x 16 map
 #: at batch 1 0.13 -> 0.12 ms; rank 12 (stage 1) 4.59 -> 4.76 ms at batch 8 and rank 24 (stage 2)
 #: 2.58 -> 3.31 ms, so those keep the matmul. (Single-threaded, the fifth session had found the
