@@ -438,3 +438,11 @@ def test_auto_decided_inside_a_compiled_forward_is_a_constant_there():
     backend, diff = run.stdout.split()
     assert backend == "cpp" and float(diff) < 1e-5
     assert "Dynamo does not know how to trace" not in run.stderr, run.stderr[-3000:]
+
+
+def test_the_build_a_timing_is_keyed_by_is_the_loaded_one():
+    from tokenred.kernels import scan_build
+
+    assert scan_build("cpp") == scan_cpp.load().__name__
+    assert scan_build("cpp") == scan_cpp._build_name(scan_cpp._CFLAGS)   # flags, source, CPU
+    assert scan_build("triton").startswith("scan_triton_")

@@ -144,3 +144,29 @@ def test_stored_timings_are_keyed_by_the_allocator_setting():
 
     protocol = Protocol(torch.device("cpu"), torch.float32, False, 1, 1, 0, 1, 1)
     assert protocol.timing()["freed_memory_kept"] is freed_memory_kept()
+
+
+def test_a_compiled_scans_build_decides_ssm_timings_but_not_vit_ones(monkeypatch):
+    """A store must not hand back a timing of another kernel build (the one-thread cpp build of
+    earlier sessions, a changed kernel): the build is part of an SSM's timing key."""
+    from tokenred import measure
+    from tokenred.measure import Keys, Protocol
+
+    build = {"cpp": "tokenred_scan_cpu_0123456789ab"}
+    monkeypatch.setattr(measure, "scan_build", lambda backend: build.get(backend))
+    cpp = Protocol(torch.device("cpu"), torch.float32, False, 8, 8, 1, 2, 2, scan="cpp")
+    ssm = Keys("vmamba_tiny_s1l8", 224, {"seed": 0}, cpp)
+    vit = Keys("deit_small_patch16_224", 224, {"seed": 0}, cpp, scans=False)
+    before = ssm.key("none", "timing")
+    assert cpp.timing()["scan_build"] == build["cpp"] and "scan_build" not in cpp.timing(False)
+    assert ssm.legacy("none", "timing") is None              # no older key form had a build
+    build["cpp"] = "tokenred_scan_cpu_ba9876543210"         # the kernel rebuilt: timed again
+    assert ssm.key("none", "timing") != before
+    assert vit.key("none", "timing") == Keys("deit_small_patch16_224", 224, {"seed": 0},
+                                             Protocol(torch.device("cpu"), torch.float32, False,
+                                                      8, 8, 1, 2, 2, scan="torch"),
+                                             scans=False).key("none", "timing")
+    assert ssm.key("none", "flops") == Keys("vmamba_tiny_s1l8", 224, {"seed": 0}, cpp).key(
+        "none", "flops")
+    from tokenred.kernels import scan_build
+    assert scan_build("torch") is None and scan_build("reference") is None

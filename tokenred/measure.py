@@ -25,6 +25,7 @@ from .checkpoint import load_checkpoint
 from .evaluate import ImageList, evaluate, require_readable
 from .fingerprint import file_digest
 from .flops import count_flops, count_params
+from .kernels import scan_build
 from .params import ParameterError
 from .registry import get_backbone
 from .sites import SiteQuantityError
@@ -69,6 +70,11 @@ class Protocol:
         doc = {"warmup": self.warmup, "iters": self.iters, "rounds": self.rounds,
                "threads": self.threads, "scan_backend": self.scan_of(scans),
                "compile": self.compile}
+        # a compiled scan's build decides its timings too: a changed kernel (or a build with
+        # other flags) is timed again, not reused from a store that timed the old one
+        build = scan_build(self.scan_of(scans)) if scans else None
+        if build is not None:
+            doc["scan_build"] = build
         # the allocator decides timings too (timing.keep_freed_memory): with freed memory kept,
         # timings stored before that setting existed (the C library's defaults) are measured
         # again, not mixed with new ones; without it, they are found as before
@@ -139,8 +145,9 @@ class Keys:
         a timing (or a speed match) where timing keeps freed memory, which none of those had."""
         weights = _dumps(self.weights)
         p = self.protocol
-        if kind in ("timing", "match") and freed_memory_kept():
-            return None
+        if kind in ("timing", "match") and (freed_memory_kept()
+                                             or scan_build(p.scan_of(self.scans)) is not None):
+            return None       # (no legacy key held either, nor a compiled scan's build)
         if self.search:   # a search's own: batch 1, the split inside the variant
             variant = _dumps({"search": {"weights": weights, "calibration": self.images.digest,
                                          "subset": self.images.subset}})

@@ -48,6 +48,14 @@ except ImportError:           # no Triton: available() says so, and nothing belo
 BLOCK_D, BLOCK_L, NUM_WARPS = 16, 32, 4
 
 
+def source_digest() -> str:
+    """A digest of this file, which holds the kernel: a changed kernel is another build."""
+    import hashlib
+
+    with open(__file__, "rb") as f:
+        return "scan_triton_" + hashlib.sha256(f.read()).hexdigest()[:12]
+
+
 def available() -> bool:
     return triton is not None
 

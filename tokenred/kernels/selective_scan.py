@@ -96,6 +96,21 @@ def mamba_ssm_available() -> bool:
     return True
 
 
+def scan_build(backend: str) -> Optional[str]:
+    """Which compiled kernel ``backend`` runs, as part of what decides a timing: the ``cpp``
+    extension's build (named by a digest of its source, its compiler flags and this CPU's flags;
+    the one-thread fallback build is another name) or the Triton kernel's source digest. None
+    for the backends written in PyTorch ops (their speed follows torch's version, which every
+    timing's environment records)."""
+    if backend == "cpp":
+        from . import scan_cpp
+        return scan_cpp.load().__name__
+    if backend == "triton":
+        from . import scan_triton
+        return scan_triton.source_digest()
+    return None
+
+
 def resolve_backend(name: Optional[str], device: torch.device) -> str:
     """The concrete backend ``name`` stands for on ``device``; explicit choices that cannot run
     raise ``ScanBackendError``."""
