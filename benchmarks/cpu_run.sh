@@ -126,3 +126,17 @@ run vim_vs_deit_twelfth_gate_b8 1800 $PY benchmarks/vmamba_vs_deit.py --ssm vim_
 # the grid methods and QuarterMap's site choice with the default backend (cpp since the tenth
 # session; the 2026-11-27 runs were with the torch scan), after the token subsets took the fused kernel
 run grid_methods_twelfth_b8 3000 $PY benchmarks/grid_methods.py --where --json $R/grid_methods_twelfth_b8.json
+# thirteenth session (an AMD EPYC host with AVX-512, the first since the OpenMP build): the goals
+# again, the -fopenmp and 512-bit flags dropped against today's build, the d_state 16 scans
+run vmamba_vs_deit_thirteenth_b1 900 $PY benchmarks/vmamba_vs_deit.py --threads 2 --json $R/vmamba_vs_deit_thirteenth_b1.json
+run vmamba_vs_deit_thirteenth_b8 1800 $PY benchmarks/vmamba_vs_deit.py --threads 2 --batch-size 8 --reference no --iters 10 --json $R/vmamba_vs_deit_thirteenth_b8.json
+run cpp_flags_thirteenth_omp_b1 1200 $PY benchmarks/cpp_flags.py --threads 2 --drop=-fopenmp --json $R/cpp_flags_thirteenth_omp_b1.json
+run cpp_flags_thirteenth_omp_b8 1800 $PY benchmarks/cpp_flags.py --threads 2 --batch-size 8 --iters 10 --models vmamba_tiny_s1l8,medmamba_tiny --drop=-fopenmp --json $R/cpp_flags_thirteenth_omp_b8.json
+run cpp_flags_thirteenth_512_b1 1200 $PY benchmarks/cpp_flags.py --threads 2 --drop=-mprefer-vector-width=512 --json $R/cpp_flags_thirteenth_512_b1.json
+run cpp_flags_thirteenth_512_b8 1800 $PY benchmarks/cpp_flags.py --threads 2 --batch-size 8 --iters 10 --models vmamba_tiny_s1l8,medmamba_tiny --drop=-mprefer-vector-width=512 --json $R/cpp_flags_thirteenth_512_b8.json
+run medmamba_vs_deit_thirteenth_b8 1800 $PY benchmarks/vmamba_vs_deit.py --ssm medmamba_tiny --threads 2 --batch-size 8 --reference no --iters 10 --json $R/medmamba_vs_deit_thirteenth_b8.json
+run vim_vs_deit_thirteenth_b1 900 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --reference no --json $R/vim_vs_deit_thirteenth_b1.json
+run vim_vs_deit_thirteenth_b8 1800 $PY benchmarks/vmamba_vs_deit.py --ssm vim_small --threads 2 --batch-size 8 --reference no --iters 10 --json $R/vim_vs_deit_thirteenth_b8.json
+run scan_thirteenth_n16 900 $PY benchmarks/selective_scan.py --threads 2 --only N16 --json $R/scan_thirteenth_n16.json
+run vmamba_vs_deit_thirteenth_b1_run2 900 $PY benchmarks/vmamba_vs_deit.py --threads 2 --reference no --json $R/vmamba_vs_deit_thirteenth_b1_run2.json
+run vmamba_vs_deit_thirteenth_b8_run2 1800 $PY benchmarks/vmamba_vs_deit.py --threads 2 --batch-size 8 --reference no --iters 10 --json $R/vmamba_vs_deit_thirteenth_b8_run2.json
