@@ -140,3 +140,7 @@ run vim_vs_deit_thirteenth_b8 1800 $PY benchmarks/vmamba_vs_deit.py --ssm vim_sm
 run scan_thirteenth_n16 900 $PY benchmarks/selective_scan.py --threads 2 --only N16 --json $R/scan_thirteenth_n16.json
 run vmamba_vs_deit_thirteenth_b1_run2 900 $PY benchmarks/vmamba_vs_deit.py --threads 2 --reference no --json $R/vmamba_vs_deit_thirteenth_b1_run2.json
 run vmamba_vs_deit_thirteenth_b8_run2 1800 $PY benchmarks/vmamba_vs_deit.py --threads 2 --batch-size 8 --reference no --iters 10 --json $R/vmamba_vs_deit_thirteenth_b8_run2.json
+# fourteenth session (an AMD EPYC host again, no code change): the d_state 16 scans, six runs
+for i in "" _run2 _run3 _run4 _run5 _run6; do
+  run scan_fourteenth_n16$i 900 $PY benchmarks/selective_scan.py --threads 2 --only N16 --json $R/scan_fourteenth_n16$i.json
+done
